@@ -1,0 +1,254 @@
+"""The ``melodyvae`` command: one parser, one subcommand per job.
+
+Arguments are checked before anything heavy is imported or loaded; known errors (a file
+that is not MIDI, an unknown model, a broken checkpoint) print one line and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from melodyvae.errors import MelodyVAEError
+
+PROG = "melodyvae"
+EXIT_USER_ERROR = 2
+
+
+class UserError(MelodyVAEError):
+    """A mistake in what the user asked for; printed as one line."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
+    return value
+
+
+def _existing_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    return path
+
+
+# ------------------------------------------------------------------ subcommands
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from melodyvae.midi import read_midi, write_midi
+
+    melody, info = read_midi(args.input, args.track)
+    write_midi(melody, args.output)
+    print(f"{args.output}: {len(melody.notes)} notes, {melody.n_bars} bars of "
+          f"{melody.time_signature[0]}/{melody.time_signature[1]} at {melody.qpm:.1f} qpm, "
+          f"from track {info.track} of {info.n_tracks}")
+    return 0
+
+
+def cmd_corpus(args: argparse.Namespace) -> int:
+    from melodyvae.training import corpus as corpus_mod
+
+    report = corpus_mod.BuildReport()
+    if args.folk:
+        cache = Path(args.cache_dir) if args.cache_dir else None
+        tunes = corpus_mod.folk_tunes(report, cache, args.workers)
+        source = "music21 folk: " + ", ".join(corpus_mod.FOLK_COLLECTIONS)
+    else:
+        tunes = corpus_mod.midi_tunes(args.midi, report, args.workers)
+        source = f"MIDI folder {args.midi}"
+    corpus = corpus_mod.build_corpus(tunes, args.bars, args.hop, source, report)
+    corpus.save(args.out)
+    for line in report.lines():
+        print(line)
+    print(f"wrote {args.out}: {len(corpus.tokens)} phrases of {args.bars} bars")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from melodyvae.presets import get_preset, with_overrides
+    from melodyvae.training.train import RunOptions, train
+
+    preset = with_overrides(get_preset(args.preset), args.set or [])
+    if not Path(args.data).is_file():
+        raise UserError(f"{args.data}: no such corpus file (build one with melodyvae corpus)")
+    options = RunOptions(
+        out=Path(args.out), data=Path(args.data), resume=args.resume, device=args.device,
+        threads=args.threads, seed=args.seed, max_steps=args.max_steps,
+        max_minutes=args.max_minutes, checkpoint_every=args.checkpoint_every,
+        eval_every=args.eval_every, progress=not args.no_progress,
+    )
+    path = train(preset, options)
+    print(f"model written to {path}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from melodyvae.inference import MelodyVAE
+    from melodyvae.training.evaluate import evaluate_tokens, load_eval_data
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if not Path(args.data).exists():
+        raise UserError(f"{args.data}: no such corpus file or folder")
+    vae = MelodyVAE.load(args.model, device=args.device)
+    tokens = load_eval_data(args.data, vae.bars, args.split)
+    metrics = {"model": vae.name, "data": str(args.data),
+               **evaluate_tokens(vae.model, tokens, args.batch_size)}
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        for key, value in metrics.items():
+            print(f"{key:>26}: {value:.4f}" if isinstance(value, float) else
+                  f"{key:>26}: {value}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from melodyvae.checkpoint import read_info
+    from melodyvae.inference import DEFAULT_MODEL, shipped_models
+
+    models = shipped_models()
+    if not models:
+        print("no shipped models installed")
+        return 0
+    for name, path in models.items():
+        info = read_info(path)
+        m = info["model"]
+        metrics = info.get("metrics") or {}
+        summary = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()
+                            if isinstance(v, float))
+        default = " (default)" if name == DEFAULT_MODEL else ""
+        print(f"{name}{default}: {m['kind']}, {m['bars']} bars, latent {m['z_dim']}"
+              + (f"; {summary}" if summary else ""))
+    return 0
+
+
+# ------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="A melody VAE you play like an instrument: train it on MIDI, explore its "
+                    "latent space, serve it over OSC.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("extract", help="write the quantized melody the model would see",
+                       description="Take the melodic line of a MIDI file, put it on the "
+                                   "16th-note grid and write it as a one-track MIDI file.")
+    p.add_argument("input", metavar="IN.mid", type=_existing_file)
+    p.add_argument("output", metavar="OUT.mid", type=Path)
+    p.add_argument("--track", type=_non_negative_int, default=None,
+                   help="take this track (0 = the first instrument) instead of the busiest "
+                        "non-drum one")
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("corpus", help="build a phrase corpus from MIDI files or folk tunes",
+                       description="Cut tunes into phrases of N bars, split by tune into "
+                                   "train/valid/test, and write one corpus file.")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--midi", metavar="DIR", help="a folder of MIDI files (recursive)")
+    source.add_argument("--folk", action="store_true",
+                        help="music21's folk collections (needs melodyvae[folk])")
+    p.add_argument("--out", metavar="FILE", required=True, help="corpus file to write (.npz)")
+    p.add_argument("--bars", type=_positive_int, default=4, help="bars per phrase (4)")
+    p.add_argument("--hop", type=_positive_int, default=1, help="bars between phrases (1)")
+    p.add_argument("--workers", type=_positive_int, default=None,
+                   help="parallel processes (all cores)")
+    p.add_argument("--cache-dir", default=None,
+                   help="where parsed folk tunes are cached (~/.cache/melodyvae)")
+    p.set_defaults(func=cmd_corpus)
+
+    p = sub.add_parser("train", help="train a model on a corpus",
+                       description="Train a preset on a corpus file. Under torchrun it "
+                                   "trains on every process (DistributedDataParallel).")
+    p.add_argument("--preset", required=True, help="hier-4bar, hier-16bar, flat-16bar, ...")
+    p.add_argument("--data", required=True, metavar="FILE", help="corpus file")
+    p.add_argument("--out", required=True, metavar="RUNDIR", help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in RUNDIR")
+    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
+                   help="override a preset field, e.g. train.lr=3e-4 or model.z_dim=64")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads")
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--max-steps", type=_positive_int, default=None,
+                   help="stop at this step (the preset's otherwise)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop after this long, with a checkpoint")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=200)
+    p.add_argument("--eval-every", type=_positive_int, default=200)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="reconstruction accuracy, NLL, KL, active units",
+                       description="Evaluate a model on a corpus file's test split or on a "
+                                   "folder of MIDI files.")
+    p.add_argument("model", metavar="MODEL", help="shipped model name or checkpoint file")
+    p.add_argument("data", metavar="DATA", help="corpus file or folder of MIDI files")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--split", default="test", choices=("train", "valid", "test"),
+                   help="corpus split (test)")
+    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or mps")
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("models", help="list the shipped models")
+    p.set_defaults(func=cmd_models)
+
+    # Subcommands that live beside their code; each module's add_parsers() only declares
+    # arguments and imports its heavy parts inside the handlers.
+    from melodyvae import commands
+    from melodyvae.server import cli as server_cli
+
+    commands.add_parsers(sub)
+    server_cli.add_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except OSError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if isinstance(e, MelodyVAEError):
+            print(f"{PROG}: error: {e}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

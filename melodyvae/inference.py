@@ -1,0 +1,197 @@
+"""The inference facade: one object with encode / decode / sample / interpolate on melodies.
+
+``MelodyVAE.load("hier-4bar")`` takes a shipped model by name, ``MelodyVAE.load(path)`` a
+checkpoint file. The command line and the OSC server both stand on this class; code that
+needs speed can use the token and tensor layers (``encode_tokens``, ``decode_tokens``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from melodyvae.checkpoint import CheckpointError, load_checkpoint, read_info
+from melodyvae.melody import Melody, from_tokens, to_tokens
+
+_LOGGER = logging.getLogger(__name__)
+
+MODELS_DIR = Path(__file__).parent / "models"
+DEFAULT_MODEL = "hier-4bar"
+
+
+class ModelNotFoundError(CheckpointError):
+    """Neither a shipped model name nor a checkpoint file."""
+
+
+def shipped_models() -> dict[str, Path]:
+    """Shipped model names and their files."""
+    return {p.stem: p for p in sorted(MODELS_DIR.glob("*.safetensors"))}
+
+
+def resolve_model(model: str | os.PathLike[str]) -> Path:
+    """A checkpoint path for a shipped model name or a path."""
+    path = Path(model)
+    if path.is_file():
+        return path
+    shipped = shipped_models()
+    if str(model) in shipped:
+        return shipped[str(model)]
+    names = ", ".join(shipped) or "none installed"
+    raise ModelNotFoundError(f"{model}: not a checkpoint file nor a shipped model ({names})")
+
+
+def model_info(model: str | os.PathLike[str]) -> dict[str, Any]:
+    """A checkpoint's JSON document, without loading its weights."""
+    return read_info(resolve_model(model))
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` takes CUDA, then MPS, then the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"unknown device {name!r}") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but no CUDA device is available")
+    return device
+
+
+def slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
+    """Spherical interpolation between two vectors (linear when they are parallel)."""
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 or nb == 0:
+        return (1 - t) * a + t * b
+    cos = float(np.clip(np.dot(a / na, b / nb), -1.0, 1.0))
+    omega = np.arccos(cos)
+    if omega < 1e-6:
+        return (1 - t) * a + t * b
+    so = np.sin(omega)
+    return np.sin((1 - t) * omega) / so * a + np.sin(t * omega) / so * b
+
+
+class MelodyVAE:
+    """A trained melody VAE ready to play."""
+
+    def __init__(self, model: Any, info: dict[str, Any], name: str,
+                 device: torch.device) -> None:
+        self.model = model
+        self.info = info
+        self.name = name
+        self.device = device
+        self.config = model.cfg
+
+    @classmethod
+    def load(cls, model: str | os.PathLike[str] = DEFAULT_MODEL,
+             device: str = "auto") -> MelodyVAE:
+        path = resolve_model(model)
+        dev = pick_device(device)
+        ckpt = load_checkpoint(path, dev)
+        name = str(model) if str(model) in shipped_models() else path.stem
+        _LOGGER.info("loaded %s (%s) on %s", name, ckpt.preset.name, dev)
+        return cls(ckpt.model, ckpt.info, name, dev)
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def bars(self) -> int:
+        return int(self.config.bars)
+
+    @property
+    def steps(self) -> int:
+        return int(self.config.steps)
+
+    @property
+    def steps_per_bar(self) -> int:
+        return int(self.config.steps_per_bar)
+
+    @property
+    def z_dim(self) -> int:
+        return int(self.config.z_dim)
+
+    @property
+    def axes(self) -> dict[str, Any]:
+        """Latent axes shipped with the model (empty when none were computed)."""
+        return dict(self.info.get("axes") or {})
+
+    # ---------------------------------------------------------------- tokens layer
+    def fit(self, melody: Melody) -> np.ndarray:
+        """The melody's tokens cut or padded with silence to the model's length (T,)."""
+        window = melody.window(0, self.steps) if melody.total_steps != self.steps else melody
+        return to_tokens(window)[0]
+
+    @torch.no_grad()
+    def encode_tokens(self, tokens: np.ndarray | torch.Tensor) -> tuple[torch.Tensor,
+                                                                         torch.Tensor]:
+        """(B, T) tokens -> posterior mean and log-variance, each (B, Z)."""
+        x = torch.as_tensor(np.asarray(tokens), dtype=torch.long, device=self.device)
+        return self.model.encode(x)
+
+    @torch.no_grad()
+    def decode_tokens(self, z: np.ndarray | torch.Tensor, temperature: float = 0.0,
+                      seed: int | None = None) -> torch.Tensor:
+        """(B, Z) latent vectors -> (B, T) tokens. The same seed gives the same tokens."""
+        zt = torch.as_tensor(np.asarray(z, dtype=np.float32), device=self.device)
+        if zt.ndim == 1:
+            zt = zt.unsqueeze(0)
+        if zt.shape[1] != self.z_dim:
+            raise ValueError(f"z has {zt.shape[1]} dimensions, the model {self.z_dim}")
+        generator = None
+        if temperature > 0:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(0 if seed is None else int(seed))
+        return self.model.sample(zt, temperature, generator)
+
+    def melody_from_tokens(self, tokens: Sequence[int] | np.ndarray, qpm: float = 120.0
+                           ) -> Melody:
+        return from_tokens(np.asarray(tokens), self.steps_per_bar, qpm)
+
+    # ---------------------------------------------------------------- melody layer
+    def encode(self, melodies: Melody | Sequence[Melody]) -> np.ndarray:
+        """Posterior means: one melody -> (Z,), a list -> (B, Z)."""
+        single = isinstance(melodies, Melody)
+        items = [melodies] if isinstance(melodies, Melody) else list(melodies)
+        mu, _ = self.encode_tokens(np.stack([self.fit(m) for m in items]))
+        out = mu.float().cpu().numpy()
+        return out[0] if single else out
+
+    def decode(self, z: np.ndarray, temperature: float = 0.0, seed: int | None = None,
+               qpm: float = 120.0) -> list[Melody]:
+        """(B, Z) or (Z,) latent vectors -> melodies."""
+        tokens = self.decode_tokens(z, temperature, seed).cpu().numpy()
+        return [self.melody_from_tokens(row, qpm) for row in tokens]
+
+    def sample_z(self, n: int, seed: int | None = None) -> np.ndarray:
+        """n draws from the prior N(0, I), (n, Z)."""
+        return np.random.default_rng(seed).standard_normal((n, self.z_dim)).astype(np.float32)
+
+    def sample(self, n: int = 1, temperature: float = 1.0, seed: int | None = None,
+               qpm: float = 120.0) -> list[Melody]:
+        """n melodies from the prior."""
+        return self.decode(self.sample_z(n, seed), temperature, seed, qpm)
+
+    def interpolate(self, a: Melody, b: Melody, steps: int = 9, method: str = "slerp",
+                    temperature: float = 0.0, qpm: float = 120.0) -> list[Melody]:
+        """``steps`` melodies from ``a`` to ``b`` through the latent space (ends included)."""
+        if steps < 2:
+            raise ValueError("an interpolation needs at least 2 steps")
+        za, zb = self.encode([a, b])
+        ts = np.linspace(0.0, 1.0, steps)
+        if method == "slerp":
+            zs = np.stack([slerp(za, zb, t) for t in ts])
+        elif method == "lerp":
+            zs = np.stack([(1 - t) * za + t * zb for t in ts])
+        else:
+            raise ValueError(f"method must be slerp or lerp, not {method!r}")
+        return self.decode(zs, temperature, qpm=qpm)

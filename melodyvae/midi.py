@@ -1,0 +1,168 @@
+"""MIDI in and out through pretty_midi, and the rule that picks the melodic line.
+
+Reading quantizes on the file's own beat grid: a note's position in quarter notes is its
+MIDI tick divided by the file's resolution, so tempo changes are honoured exactly, and it
+is rounded to the 16th-note grid. The meter is the file's first time signature.
+
+Which line is the melody (unless a track is named): among the non-drum instruments, each
+is reduced to one line (at each onset the highest note wins; a note ends where the next
+begins) and the instrument whose line has the most notes is taken; a tie goes to the
+earlier instrument.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import pretty_midi
+
+from melodyvae.errors import MelodyVAEError
+
+from melodyvae.melody import (
+    STEPS_PER_QUARTER,
+    Melody,
+    MelodyError,
+    Note,
+    monophonic,
+    steps_per_bar_for,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class MidiError(MelodyVAEError, ValueError):
+    """A MIDI file that cannot give a melody."""
+
+
+class NotMidiError(MidiError):
+    """The file is missing, unreadable or not a Standard MIDI File."""
+
+
+class EmptyMidiError(MidiError):
+    """The file holds no pitched notes."""
+
+
+class DrumsOnlyError(MidiError):
+    """The file's only notes are on drum tracks."""
+
+
+@dataclass(frozen=True)
+class MidiInfo:
+    """What was learned reading a file, beside the melody itself."""
+
+    track: int  # index into the file's instruments of the line taken
+    n_tracks: int  # instruments in the file
+    time_signature_changes: int  # changes after the first (the first meter is kept)
+    tempo_changes: int  # tempo changes in the file (honoured when quantizing)
+
+
+def load_pretty_midi(path: str | os.PathLike[str]) -> pretty_midi.PrettyMIDI:
+    """Parse a MIDI file, turning every parse failure into :class:`NotMidiError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise NotMidiError(f"{path}: no such file")
+    data = path.read_bytes()
+    if not data.startswith(b"MThd"):
+        raise NotMidiError(f"{path}: not a MIDI file (no MThd header)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pretty_midi.PrettyMIDI(io.BytesIO(data))
+    except Exception as e:  # mido and pretty_midi raise many kinds on broken files
+        raise NotMidiError(f"{path}: broken MIDI file ({type(e).__name__}: {e})") from e
+
+
+def read_midi(
+    path: str | os.PathLike[str], track: int | None = None
+) -> tuple[Melody, MidiInfo]:
+    """Read the melodic line of a MIDI file as a :class:`Melody`.
+
+    ``track`` is an index into the file's instruments (as pretty_midi lists them, from 0);
+    ``None`` picks the line by the rule in this module's docstring.
+    """
+    pm = load_pretty_midi(path)
+    return melody_from_pretty_midi(pm, track, name=str(path))
+
+
+def _quantize(pm: pretty_midi.PrettyMIDI, seconds: float) -> int:
+    quarters = pm.time_to_tick(seconds) / pm.resolution
+    return round(quarters * STEPS_PER_QUARTER)
+
+
+def melody_from_pretty_midi(
+    pm: pretty_midi.PrettyMIDI, track: int | None = None, name: str = "<midi>"
+) -> tuple[Melody, MidiInfo]:
+    instruments = pm.instruments
+    if track is not None:
+        if not 0 <= track < len(instruments):
+            raise MidiError(f"{name}: no track {track} (the file has {len(instruments)})")
+        candidates = [track]
+    else:
+        candidates = [i for i, inst in enumerate(instruments) if not inst.is_drum and inst.notes]
+        if not candidates:
+            if any(inst.notes for inst in instruments):
+                raise DrumsOnlyError(f"{name}: only drum tracks, no melody to take")
+            raise EmptyMidiError(f"{name}: no notes")
+
+    if pm.time_signature_changes:
+        ts = pm.time_signature_changes[0]
+        meter = (ts.numerator, ts.denominator)
+    else:
+        meter = (4, 4)
+    try:
+        steps_per_bar = steps_per_bar_for(*meter)
+    except MelodyError as e:
+        raise MidiError(f"{name}: {e}") from e
+    tempo_times, tempi = pm.get_tempo_changes()
+    qpm = float(tempi[0]) if len(tempi) else 120.0
+
+    best: Melody | None = None
+    best_track = -1
+    for index in candidates:
+        grid_notes = []
+        for n in instruments[index].notes:
+            start = _quantize(pm, n.start)
+            end = max(start + 1, _quantize(pm, n.end))
+            grid_notes.append(Note(start, end, int(n.pitch), max(1, int(n.velocity))))
+        if not grid_notes:
+            continue
+        line = monophonic(grid_notes, 0, steps_per_bar, qpm, meter)
+        if best is None or len(line.notes) > len(best.notes):
+            best, best_track = line, index
+    if best is None:
+        raise EmptyMidiError(f"{name}: track {track} has no notes")
+    total = -(-best.total_steps // steps_per_bar) * steps_per_bar  # whole bars
+    melody = Melody(best.notes, total, steps_per_bar, qpm, meter)
+    info = MidiInfo(
+        track=best_track,
+        n_tracks=len(instruments),
+        time_signature_changes=max(0, len(pm.time_signature_changes) - 1),
+        tempo_changes=len(tempo_times),
+    )
+    _LOGGER.debug("%s: took track %d of %d, %d notes", name, best_track, len(instruments),
+                  len(melody.notes))
+    return melody, info
+
+
+def melody_to_pretty_midi(melody: Melody, program: int = 0) -> pretty_midi.PrettyMIDI:
+    """A one-instrument MIDI file of ``melody`` at its tempo and meter."""
+    pm = pretty_midi.PrettyMIDI(initial_tempo=melody.qpm)
+    pm.time_signature_changes.append(pretty_midi.TimeSignature(*melody.time_signature, 0.0))
+    instrument = pretty_midi.Instrument(program=program, name="melody")
+    step = melody.seconds_per_step
+    for note in melody.notes:
+        instrument.notes.append(
+            pretty_midi.Note(note.velocity, note.pitch, note.start * step, note.end * step)
+        )
+    pm.instruments.append(instrument)
+    return pm
+
+
+def write_midi(melody: Melody, path: str | os.PathLike[str], program: int = 0) -> None:
+    """Write ``melody`` as a Standard MIDI File."""
+    melody_to_pretty_midi(melody, program).write(str(path))

@@ -1,0 +1,1 @@
+"""The OSC server (installed as melodyvae.server)."""

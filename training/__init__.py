@@ -1,0 +1,1 @@
+"""Corpus building, training, evaluation and latent axes (installed as melodyvae.training)."""
