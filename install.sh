@@ -8,5 +8,5 @@ SUDO=""
 if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q
-$SUDO apt-get install -y -q --no-install-recommends liblo-tools puredata-core fluidsynth fluid-soundfont-gm- timgm6mb-soundfont
+$SUDO apt-get install -y -q --no-install-recommends liblo-tools puredata-core fluidsynth
 python -m pip install -q -e ".[dev]"

@@ -146,3 +146,18 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
     model.to(device).eval()
     return Checkpoint(model, preset, doc)
+
+
+def write_info(path: str | os.PathLike[str], doc: dict[str, Any],
+               out: str | os.PathLike[str] | None = None) -> None:
+    """Rewrite a checkpoint's JSON document (to ``out``, or in place), weights unchanged."""
+    read_info(path)  # the source must be a valid checkpoint
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: weights unreadable ({e})") from e
+    target = Path(out) if out is not None else Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(doc)})
+    os.replace(tmp, target)

@@ -124,6 +124,35 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_axes(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from melodyvae.checkpoint import write_info
+    from melodyvae.inference import MelodyVAE, resolve_model, shipped_models
+    from melodyvae.training.axes import axes_document
+    from melodyvae.training.evaluate import load_eval_data
+
+    if str(args.model) in shipped_models() and args.out is None:
+        raise UserError("give --out FILE to write axes for a shipped model")
+    if not Path(args.data).exists():
+        raise UserError(f"{args.data}: no such corpus file or folder")
+    vae = MelodyVAE.load(args.model, device=args.device)
+    tokens = load_eval_data(args.data, vae.bars, "train")
+    rng = np.random.default_rng(0)
+    if len(tokens) > args.phrases:
+        tokens = tokens[np.sort(rng.choice(len(tokens), args.phrases, replace=False))]
+    mus = [vae.encode_tokens(tokens[i : i + 512])[0].float().cpu().numpy()
+           for i in range(0, len(tokens), 512)]
+    doc = dict(vae.info)
+    doc["axes"] = axes_document(np.concatenate(mus), tokens)
+    out = args.out or resolve_model(args.model)
+    write_info(resolve_model(args.model), doc, out)
+    names = ", ".join([f"pc{i + 1}" for i in range(len(doc["axes"]["pca"]["std"]))]
+                      + doc["axes"]["attribute_names"])
+    print(f"{out}: axes from {len(tokens)} phrases: {names}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from melodyvae.checkpoint import read_info
     from melodyvae.inference import DEFAULT_MODEL, shipped_models
@@ -215,6 +244,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda or mps")
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("axes", help="compute the latent sliders (PCA and attributes)",
+                       description="Compute PCA axes and attribute vectors (note density, "
+                                   "mean pitch, pitch range, mean interval, syncopation, rest "
+                                   "ratio) from a corpus and store them in the checkpoint.")
+    p.add_argument("model", metavar="MODEL", help="checkpoint file (or shipped name with --out)")
+    p.add_argument("data", metavar="DATA", help="corpus file (train split) or MIDI folder")
+    p.add_argument("--out", default=None, help="write here instead of updating MODEL")
+    p.add_argument("--phrases", type=_positive_int, default=20000,
+                   help="phrases to use at most (20000)")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or mps")
+    p.set_defaults(func=cmd_axes)
 
     p = sub.add_parser("models", help="list the shipped models")
     p.set_defaults(func=cmd_models)

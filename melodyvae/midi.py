@@ -22,7 +22,6 @@ from pathlib import Path
 import pretty_midi
 
 from melodyvae.errors import MelodyVAEError
-
 from melodyvae.melody import (
     STEPS_PER_QUARTER,
     Melody,

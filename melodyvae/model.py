@@ -17,13 +17,16 @@ and z fed beside the previous token at every step.
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from melodyvae.presets import ModelConfig
+
+_T = TypeVar("_T")
 
 
 class Decoder(Protocol):
@@ -90,34 +93,30 @@ class _StateInit(nn.Module):
         return hc[0], hc[1]
 
 
-class _Stepper:
-    """Free-running decode with the weights of an (embedding, LSTM, output) triple.
+def _weight(module: nn.Module, name: str) -> Tensor:
+    """A parameter of ``module`` by name, detached (for inference-only copies)."""
+    tensor: Tensor = getattr(module, name)
+    return tensor.detach()
 
-    The LSTM's input is [embedding of the previous token ; a per-row constant] (the bar
-    embedding, or z for the flat decoder), so the first layer's input projection splits
-    into a per-token table (V+1, 4H) and a per-row term computed once per decode; each step
-    is then a gather, one GEMM per layer and the output GEMM. The same arithmetic as
-    ``nn.LSTM``, in fewer, larger operations.
+
+class _LSTMStack:
+    """One step of a stacked ``nn.LSTM`` at a time, from its weights (inference only).
+
+    The caller supplies layer 0's input projection (biases included), so inputs that are
+    constant per row or drawn from a small vocabulary can be projected once, not per step.
     """
 
-    def __init__(self, embed: nn.Embedding, rnn: nn.LSTM, out: nn.Linear) -> None:
-        self.layers, self.hidden = rnn.num_layers, rnn.hidden_size
-        e = embed.embedding_dim
-        w0 = rnn.weight_ih_l0.detach()
-        self.token_gates = embed.weight.detach() @ w0[:, :e].t()  # (V+1, 4H)
-        self.cond_weight = w0[:, e:].t().contiguous()  # (C, 4H)
-        self.bias0 = (rnn.bias_ih_l0 + rnn.bias_hh_l0).detach()  # (4H,)
-        self.w_hh0 = rnn.weight_hh_l0.detach().t().contiguous()  # (H, 4H)
+    def __init__(self, rnn: nn.LSTM) -> None:
+        self.bias0 = _weight(rnn, "bias_ih_l0") + _weight(rnn, "bias_hh_l0")  # (4H,)
+        self.w_hh0 = _weight(rnn, "weight_hh_l0").t().contiguous()  # (H, 4H)
         self.upper = [
             (
-                torch.cat([getattr(rnn, f"weight_ih_l{k}"), getattr(rnn, f"weight_hh_l{k}")],
-                          dim=1).detach().t().contiguous(),  # (2H, 4H)
-                (getattr(rnn, f"bias_ih_l{k}") + getattr(rnn, f"bias_hh_l{k}")).detach(),
+                torch.cat([_weight(rnn, f"weight_ih_l{k}"), _weight(rnn, f"weight_hh_l{k}")],
+                          dim=1).t().contiguous(),  # (2H, 4H)
+                _weight(rnn, f"bias_ih_l{k}") + _weight(rnn, f"bias_hh_l{k}"),
             )
-            for k in range(1, self.layers)
+            for k in range(1, rnn.num_layers)
         ]
-        self.w_out = out.weight.detach().t().contiguous()  # (H, V)
-        self.b_out = out.bias.detach()
 
     @staticmethod
     def _cell(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
@@ -125,34 +124,69 @@ class _Stepper:
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         return torch.sigmoid(o) * torch.tanh(c), c
 
+    def step(self, input_gates: Tensor, h: list[Tensor], c: list[Tensor]) -> Tensor:
+        """input_gates (N, 4H) for layer 0; h, c: per-layer (N, H), updated in place.
+        Returns the top layer's new h."""
+        gates = torch.addmm(input_gates, h[0], self.w_hh0)
+        h[0], c[0] = self._cell(gates, c[0])
+        for k, (w, b) in enumerate(self.upper, start=1):
+            gates = torch.addmm(b, torch.cat([h[k - 1], h[k]], dim=1), w)
+            h[k], c[k] = self._cell(gates, c[k])
+        return h[-1]
+
+
+class _Stepper:
+    """Free-running decode with the weights of an (embedding, LSTM, output) triple.
+
+    The LSTM's input is [embedding of the previous token ; a per-row constant] (the bar
+    embedding, or z for the flat decoder), so the first layer's input projection splits
+    into a per-token table (V+1, 4H) and a per-row term computed once per decode; each step
+    is then a gather, one GEMM per layer and the output GEMM. The same arithmetic as
+    ``nn.LSTM``, in fewer operations.
+    """
+
+    def __init__(self, embed: nn.Embedding, rnn: nn.LSTM, out: nn.Linear) -> None:
+        self.stack = _LSTMStack(rnn)
+        e = embed.embedding_dim
+        w0 = _weight(rnn, "weight_ih_l0")
+        self.token_gates = embed.weight.detach() @ w0[:, :e].t()  # (V+1, 4H)
+        self.cond_weight = w0[:, e:].t().contiguous()  # (C, 4H)
+        self.w_out = out.weight.detach().t().contiguous()  # (H, V)
+        self.b_out = out.bias.detach()
+
     def run(self, cond: Tensor, state: tuple[Tensor, Tensor], start_token: int, steps: int,
             temperature: float, generator: torch.Generator | None) -> Tensor:
         """cond (N, C), state (L, N, H) x 2 -> tokens (N, steps)."""
         n = cond.shape[0]
-        cond_gates = torch.addmm(self.bias0, cond, self.cond_weight)  # (N, 4H)
+        cond_gates = torch.addmm(self.stack.bias0, cond, self.cond_weight)  # (N, 4H)
         h = list(state[0].unbind(0))
         c = list(state[1].unbind(0))
         token = torch.full((n,), start_token, dtype=torch.long, device=cond.device)
         out = torch.empty(n, steps, dtype=torch.long, device=cond.device)
         for t in range(steps):
-            gates = torch.addmm(self.token_gates[token] + cond_gates, h[0], self.w_hh0)
-            h[0], c[0] = self._cell(gates, c[0])
-            for k, (w, b) in enumerate(self.upper, start=1):
-                gates = torch.addmm(b, torch.cat([h[k - 1], h[k]], dim=1), w)
-                h[k], c[k] = self._cell(gates, c[k])
-            token = _pick(torch.addmm(self.b_out, h[-1], self.w_out), temperature, generator)
+            top = self.stack.step(self.token_gates[token] + cond_gates, h, c)
+            token = _pick(torch.addmm(self.b_out, top, self.w_out), temperature, generator)
             out[:, t] = token
         return out
 
 
-def _stepper(module: nn.Module) -> _Stepper:
-    """The module's stepper, rebuilt whenever its weights have changed."""
+def _cached(module: nn.Module, attr: str, build: Callable[[], _T]) -> _T:
+    """``build()`` cached on ``module`` until any of its weights changes."""
     key = tuple((p.data_ptr(), p._version) for p in module.parameters())
-    cached = getattr(module, "_stepper_cache", None)
+    cached = getattr(module, attr, None)
     if cached is None or cached[0] != key:
-        cached = (key, _Stepper(module.embed, module.rnn, module.out))  # type: ignore[arg-type]
-        object.__setattr__(module, "_stepper_cache", cached)
-    return cached[1]
+        cached = (key, build())
+        object.__setattr__(module, attr, cached)
+    result: _T = cached[1]
+    return result
+
+
+def _stepper(module: nn.Module) -> _Stepper:
+    """The decoder module's stepper, rebuilt whenever its weights have changed."""
+    return _cached(
+        module, "_stepper_cache",
+        lambda: _Stepper(module.embed, module.rnn, module.out),  # type: ignore[arg-type]
+    )
 
 
 class Encoder(nn.Module):
@@ -213,11 +247,20 @@ class HierarchicalDecoder(nn.Module):
         return _stepper(self).run(c, self.bar_init(c), self.start_token,
                                   self.cfg.steps_per_bar, temperature, generator)
 
+    def _conduct(self, z: Tensor) -> Tensor:
+        """The conductor stepped from its weights: z (B, Z) -> (B, bars, C).
+        Same values as :meth:`bar_embeddings`, without nn.LSTM's per-call overhead."""
+        stack = _cached(self.conductor, "_stack_cache", lambda: _LSTMStack(self.conductor))
+        h0, c0 = self.cond_init(z)
+        h, c = list(h0.unbind(0)), list(c0.unbind(0))
+        gates = stack.bias0.expand(z.shape[0], -1)  # the conductor's input is zero
+        return torch.stack([stack.step(gates, h, c) for _ in range(self.cfg.bars)], dim=1)
+
     def sample(self, z: Tensor, temperature: float = 0.0,
                generator: torch.Generator | None = None, parallel: bool = True) -> Tensor:
         cfg = self.cfg
         b = z.shape[0]
-        c = self.bar_embeddings(z)  # (B, bars, C)
+        c = self._conduct(z)  # (B, bars, C)
         if parallel:
             tokens = self._decode_bars(c.reshape(b * cfg.bars, -1), temperature, generator)
             return tokens.view(b, cfg.steps)  # (B, T)

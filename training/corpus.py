@@ -337,7 +337,7 @@ def folk_tune_texts(collections: Iterable[str] = FOLK_COLLECTIONS) -> list[tuple
     return out
 
 
-def melody_from_music21(score) -> Melody:  # type: ignore[no-untyped-def]
+def melody_from_music21(score) -> Melody:
     """The first part of a music21 score as a melody on the 16th grid.
 
     Repeats are expanded (a tune as played); ties are merged; grace notes are left out;

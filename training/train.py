@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from melodyvae.training.corpus import Corpus, CorpusError
+from melodyvae.training.evaluate import evaluate_tokens
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -27,11 +29,9 @@ from tqdm import tqdm
 
 from melodyvae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from melodyvae.errors import MelodyVAEError
-from melodyvae.melody import NOTE_OFFSET, VOCAB_SIZE
+from melodyvae.melody import VOCAB_SIZE
 from melodyvae.model import VAE, vae_loss
 from melodyvae.presets import Preset, TrainConfig
-from melodyvae.training.corpus import Corpus, CorpusError
-from melodyvae.training.evaluate import evaluate_tokens
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ def train(preset: Preset, options: RunOptions) -> Path:
         }
         save_checkpoint(model_path, model, preset, extra)
         save_train_state(state_path, optimizer, step,
-                         {"elapsed_s": extra["training"]["elapsed_s"]})  # type: ignore[index]
+                         {"elapsed_s": extra["training"]["elapsed_s"]})
         plot_curves(metrics_path, out / CURVES_FILE)
 
     started = time.monotonic()

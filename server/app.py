@@ -1,0 +1,182 @@
+"""The running server: a UDP socket, its network thread, and the process lifecycle.
+
+:class:`OscServer` can run inside any process (tests, notebooks, the benchmark): bind to
+port 0 and read :attr:`OscServer.port`. :func:`serve` is what ``melodyvae serve`` runs: it
+loads and warms up the model, prints ``listening on HOST:PORT`` and serves until SIGINT or
+SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from melodyvae.errors import MelodyVAEError
+from melodyvae.server.core import ServerConfig, ServerCore
+from melodyvae.server.state import Addr
+
+if TYPE_CHECKING:
+    from melodyvae.inference import MelodyVAE
+
+_LOGGER = logging.getLogger(__name__)
+
+MAX_DATAGRAM = 65_535
+RECEIVE_BUFFER = 1 << 20  # bytes of kernel buffer for bursts of slider messages
+POLL = 0.2  # seconds between checks of the stop flag while the socket is idle
+
+
+class ServerStartError(MelodyVAEError):
+    """The server cannot bind its address."""
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A UDP socket bound to ``host:port`` (port 0: any free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ServerStartError(f"cannot listen on {host}:{port}: {e}") from e
+    return sock
+
+
+class OscServer:
+    """A :class:`ServerCore` behind a UDP socket; start, use ``.port``, close."""
+
+    def __init__(self, vae: MelodyVAE, host: str = "127.0.0.1", port: int = 9000,
+                 config: ServerConfig | None = None, sock: socket.socket | None = None
+                 ) -> None:
+        self.sock = sock if sock is not None else bind(host, port)
+        self.sock.settimeout(POLL)
+        self.host = host
+        self.port: int = self.sock.getsockname()[1]
+        self.core = ServerCore(vae, self._sendto, config)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sendto(self, data: bytes, addr: Addr) -> None:
+        self.sock.sendto(data, addr)
+
+    def start(self) -> OscServer:
+        """Start the worker, playback, file and network threads; returns self."""
+        self.core.start()
+        self._thread = threading.Thread(target=self._serve, name="mvae-network", daemon=True)
+        self._thread.start()
+        return self
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, sender = self.sock.recvfrom(MAX_DATAGRAM)
+            except TimeoutError:
+                continue
+            except OSError as e:  # e.g. an ICMP "port unreachable" surfacing on some OSes
+                if self._stop.is_set():
+                    return
+                _LOGGER.debug("receive failed: %s", e)
+                continue
+            self.core.handle_datagram(data, sender)
+
+    def close(self) -> None:
+        """Stop every thread (a playing note gets its note-off) and close the socket."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(POLL * 5)
+        self.core.close()
+        self.sock.close()
+
+    def __enter__(self) -> OscServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """``melodyvae serve`` arguments, already checked."""
+
+    model: str
+    host: str = "127.0.0.1"
+    port: int = 9000
+    device: str = "auto"
+    threads: int | None = None
+    config: ServerConfig = ServerConfig()
+
+
+def warm_up(vae: MelodyVAE, max_batch: int = 4) -> float:
+    """Run every path a request takes once (first calls allocate); seconds spent."""
+    import numpy as np
+
+    start = time.perf_counter()
+    for batch in range(1, max_batch + 1):
+        z = vae.sample_z(batch, seed=batch)
+        vae.decode_tokens(z, 0.0)
+        vae.decode_tokens(z, 1.0, seed=batch)
+    vae.encode(vae.melody_from_tokens(np.ones(vae.steps, dtype=np.int64)))
+    return time.perf_counter() - start
+
+
+def set_threads(threads: int | None) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:  # already set, or parallel work already ran
+            pass
+
+
+def serve(options: ServeOptions) -> int:
+    """Load, warm up, announce, serve until SIGINT/SIGTERM; the exit status (0)."""
+    from melodyvae.inference import MelodyVAE, pick_device, resolve_model
+
+    resolve_model(options.model)  # a missing model fails before the socket is taken
+    try:
+        pick_device(options.device)
+    except ValueError as e:
+        raise ServerStartError(str(e)) from e
+    sock = bind(options.host, options.port)
+    try:
+        set_threads(options.threads)
+        vae = MelodyVAE.load(options.model, device=options.device)
+        seconds = warm_up(vae)
+    except BaseException:
+        sock.close()
+        raise
+    _LOGGER.info("warmed up in %.2f s", seconds)
+    server = OscServer(vae, options.host, options.port, options.config, sock)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.start()
+        reply = ""
+        if options.config.reply_host or options.config.reply_port:
+            reply = (f", replies to {options.config.reply_host or 'the sender'}"
+                     f":{options.config.reply_port or 'its port'}")
+        print(f"melodyvae: listening on {server.host}:{server.port} (model {vae.name}, "
+              f"{vae.bars} bars, latent {vae.z_dim}, device {vae.device.type}{reply})",
+              flush=True)
+        while not stop.wait(0.5):
+            pass
+        print("melodyvae: stopping", file=sys.stderr, flush=True)
+    finally:
+        server.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0

@@ -1,0 +1,223 @@
+"""The model side of the server: latest-wins request slots and batched decoding.
+
+The network thread never runs the model. It puts a job in its client's slot and wakes the
+worker; a newer job replaces an older one still waiting (a slider flood leaves at most one
+pending decode per client; the stale ones are dropped and counted). The worker takes every
+waiting job at once, encodes the note lists among them as one batch, then decodes the
+latent vectors as one batch per (temperature, seed) group — greedy decodes of all clients
+share one batch — and hands each result to the :class:`Sink`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+
+import numpy as np
+
+from melodyvae.errors import MelodyVAEError
+from melodyvae.melody import Melody
+from melodyvae.server.state import Addr, ClientState
+
+if TYPE_CHECKING:
+    from melodyvae.inference import MelodyVAE
+
+_LOGGER = logging.getLogger(__name__)
+
+
+@dataclass
+class DecodeJob:
+    """Make a melody for ``client``."""
+
+    client: ClientState
+    address: str  # the request it answers (for error replies)
+    temperature: float  # 0: greedy
+    seed: int  # sampling seed when temperature > 0
+    z: np.ndarray | None = None  # a fixed vector; None: the client's z when decoded
+    vary: tuple[float, int] | None = None  # (amount, seed): add amount * N(0, I) to z
+    received: float = field(default_factory=time.perf_counter)
+
+    def latent(self) -> np.ndarray:
+        """The vector to decode, read when the worker gets to it (after pending encodes)."""
+        z = self.client.z if self.z is None else self.z
+        if self.vary is not None:
+            amount, seed = self.vary
+            noise = np.random.default_rng(seed).standard_normal(len(z))
+            z = z + amount * noise
+        return z
+
+
+@dataclass
+class EncodeJob:
+    """Find the latent vector of ``melody`` and make it ``client``'s."""
+
+    client: ClientState
+    address: str
+    melody: Melody
+
+
+class Sink(Protocol):
+    """Where the engine's results go (the server core sends them as OSC)."""
+
+    def melody_ready(self, job: DecodeJob, melody: Melody) -> None: ...
+
+    def z_ready(self, job: EncodeJob, z: np.ndarray) -> None: ...
+
+    def failed(self, client: ClientState, address: str, reason: str) -> None: ...
+
+
+J = TypeVar("J")
+
+
+class LatestWins(Generic[J]):
+    """At most one waiting job per client; a new one replaces the waiting one.
+
+    Not locked itself: the owner holds its condition around every call.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity  # distinct clients waiting at once (oldest dropped past it)
+        self.jobs: OrderedDict[Addr, J] = OrderedDict()
+        self.superseded = 0  # jobs replaced before the worker got to them
+        self.max_waiting = 0  # the most jobs waiting at once
+
+    def put(self, key: Addr, job: J) -> None:
+        if self.jobs.pop(key, None) is not None:
+            self.superseded += 1
+        self.jobs[key] = job
+        while len(self.jobs) > self.capacity:
+            self.jobs.popitem(last=False)
+            self.superseded += 1
+        self.max_waiting = max(self.max_waiting, len(self.jobs))
+
+    def take(self) -> list[J]:
+        jobs = list(self.jobs.values())
+        self.jobs.clear()
+        return jobs
+
+
+@dataclass
+class EngineStats:
+    requests: int = 0  # decode requests received
+    decoded: int = 0  # melodies made
+    batches: int = 0  # decode_tokens calls
+    max_batch: int = 0  # the largest of them
+    encoded: int = 0  # melodies encoded
+
+
+class Engine:
+    """Runs the model for all clients, from one worker thread."""
+
+    def __init__(self, vae: MelodyVAE, sink: Sink, state_lock: threading.RLock,
+                 max_clients: int = 64) -> None:
+        self.vae = vae
+        self.sink = sink
+        self.state_lock = state_lock  # guards client state read while building z
+        self.cond = threading.Condition()
+        self.decodes: LatestWins[DecodeJob] = LatestWins(max_clients)
+        self.encodes: LatestWins[EncodeJob] = LatestWins(max_clients)
+        self.stats = EngineStats()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.on_batch: Callable[[int], None] | None = None  # test hook: batch sizes
+
+    # ------------------------------------------------------------ network thread side
+    def submit_decode(self, job: DecodeJob) -> None:
+        with self.cond:
+            self.stats.requests += 1
+            self.decodes.put(job.client.key, job)
+            self.cond.notify()
+
+    def submit_encode(self, job: EncodeJob) -> None:
+        with self.cond:
+            self.encodes.put(job.client.key, job)
+            self.cond.notify()
+
+    def forget(self, key: Addr) -> None:
+        """Drop a client's waiting jobs (it was evicted)."""
+        with self.cond:
+            self.decodes.jobs.pop(key, None)
+            self.encodes.jobs.pop(key, None)
+
+    # ------------------------------------------------------------ worker side
+    def run_pending(self) -> int:
+        """Process every waiting job now; the number processed. (The worker's step; tests
+        call it directly instead of starting the thread.)"""
+        with self.cond:
+            encodes = self.encodes.take()
+            decodes = self.decodes.take()
+        if encodes:
+            self._encode(encodes)
+        if decodes:
+            self._decode(decodes)
+        return len(encodes) + len(decodes)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="mvae-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self.cond:
+            self._stopping = True
+            self.cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                while not (self._stopping or self.decodes.jobs or self.encodes.jobs):
+                    self.cond.wait()
+                if self._stopping:
+                    return
+            self.run_pending()
+
+    def _encode(self, jobs: list[EncodeJob]) -> None:
+        try:
+            zs = self.vae.encode([job.melody for job in jobs])  # (B, Z)
+        except Exception as e:
+            self._fail(jobs, e)
+            return
+        self.stats.encoded += len(jobs)
+        for job, z in zip(jobs, zs):
+            with self.state_lock:
+                job.client.set_z(z)
+            self.sink.z_ready(job, z)
+
+    def _decode(self, jobs: list[DecodeJob]) -> None:
+        groups: dict[tuple[float, int], list[tuple[DecodeJob, np.ndarray]]] = {}
+        with self.state_lock:
+            for job in jobs:
+                key = (job.temperature, job.seed) if job.temperature > 0 else (0.0, 0)
+                groups.setdefault(key, []).append((job, job.latent()))
+        for (temperature, seed), items in groups.items():
+            batch = [job for job, _ in items]
+            try:
+                z = np.stack([z for _, z in items]).astype(np.float32)  # (B, Z)
+                tokens = self.vae.decode_tokens(z, temperature, seed).cpu().numpy()  # (B, T)
+                melodies = [self.vae.melody_from_tokens(row, job.client.qpm)
+                            for job, row in zip(batch, tokens)]
+            except Exception as e:
+                self._fail(batch, e)
+                continue
+            self.stats.batches += 1
+            self.stats.decoded += len(batch)
+            self.stats.max_batch = max(self.stats.max_batch, len(batch))
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
+            for job, melody in zip(batch, melodies):
+                self.sink.melody_ready(job, melody)
+
+    def _fail(self, jobs: list[DecodeJob] | list[EncodeJob], error: Exception) -> None:
+        if isinstance(error, MelodyVAEError):
+            reason = str(error)
+        else:
+            _LOGGER.exception("the model failed on a batch of %d", len(jobs))
+            reason = f"internal error: {type(error).__name__}: {error}"
+        for job in jobs:
+            self.sink.failed(job.client, job.address, reason)

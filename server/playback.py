@@ -1,0 +1,223 @@
+"""Playback at tempo: each client's current melody in a loop, as timetagged note bundles.
+
+A tempo clock maps absolute grid steps to Unix times (``origin + step * seconds_per_step``).
+A scheduler thread sends every step whose time falls within the lookahead as one bundle
+(``/mvae/noteoff i pitch`` before ``/mvae/noteon i pitch i velocity``) whose timetag is
+that step's exact time, so a receiver that honours timetags plays it without jitter. A new
+melody waits for the first bar line not yet scheduled and takes over at the same bar
+position: morphs land in time. A tempo change keeps the next unscheduled step's time and
+stretches everything after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from melodyvae.melody import STEPS_PER_QUARTER, Melody, Note
+from melodyvae.server.protocol import PREFIX, encode_bundle, encode_message
+from melodyvae.server.state import Addr
+
+_LOGGER = logging.getLogger(__name__)
+
+MAX_LATE = 1.0  # seconds behind schedule after which the clock is re-anchored to now
+MIN_WAKE, MAX_WAKE = 0.002, 0.02  # seconds between scheduler passes while playing
+
+
+def note_on(pitch: int, velocity: int) -> bytes:
+    return encode_message(f"{PREFIX}/noteon", "ii", [pitch, velocity])
+
+
+def note_off(pitch: int) -> bytes:
+    return encode_message(f"{PREFIX}/noteoff", "i", [pitch])
+
+
+@dataclass
+class Track:
+    """One client's loop."""
+
+    key: Addr
+    qpm: float  # tempo, quarter notes per minute
+    lookahead: float  # seconds
+    melody: Melody | None = None  # what plays now (None: waiting for the first melody)
+    pending: Melody | None = None  # takes over at the next unscheduled bar line
+    origin: float = 0.0  # Unix time of absolute step 0
+    next_step: int = 0  # first absolute step not yet scheduled
+    loop_start: int = 0  # absolute step where the current melody's step 0 last fell
+    sounding: tuple[int, int] | None = None  # (pitch, absolute end step) of the last note-on
+    starts: dict[int, Note] = field(default_factory=dict)  # the melody's notes by onset step
+
+    @property
+    def seconds_per_step(self) -> float:
+        return 60.0 / self.qpm / STEPS_PER_QUARTER
+
+    def time_of(self, step: int) -> float:
+        return self.origin + step * self.seconds_per_step
+
+    def begin(self, melody: Melody, now: float) -> None:
+        self._use(melody)
+        self.origin = now + self.lookahead
+        self.next_step = self.loop_start = 0
+
+    def _use(self, melody: Melody) -> None:
+        self.melody = melody
+        self.starts = {note.start: note for note in melody.notes}
+
+
+class Player:
+    """The scheduler for every playing client (bounded by the client table)."""
+
+    def __init__(self, send: Callable[[bytes, Addr], None],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.send = send
+        self.clock = clock  # Unix seconds; timetags are absolute times
+        self.tracks: dict[Addr, Track] = {}
+        self.lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------ control (any thread)
+    def play(self, key: Addr, qpm: float, lookahead: float, melody: Melody | None) -> None:
+        """Start looping ``melody`` one lookahead from now (or the next one offered)."""
+        with self.lock:
+            if key in self.tracks:
+                return
+            track = Track(key, qpm, lookahead)
+            if melody is not None:
+                track.begin(melody, self.clock())
+            self.tracks[key] = track
+        self._wake.set()
+
+    def offer(self, key: Addr, melody: Melody) -> None:
+        """A new melody for a playing client: it takes over at the next bar line."""
+        with self.lock:
+            track = self.tracks.get(key)
+            if track is None:
+                return
+            if track.melody is None:
+                track.begin(melody, self.clock())
+            else:
+                track.pending = melody
+        self._wake.set()
+
+    def stop(self, key: Addr) -> bool:
+        """Stop a client's loop; a sounding note is released after what was scheduled."""
+        with self.lock:
+            track = self.tracks.pop(key, None)
+            if track is None:
+                return False
+            if track.sounding is not None:
+                at = max(track.time_of(track.next_step), self.clock())
+                self._send(key, encode_bundle([note_off(track.sounding[0])], at))
+        return True
+
+    def set_tempo(self, key: Addr, qpm: float) -> None:
+        with self.lock:
+            track = self.tracks.get(key)
+            if track is None:
+                return
+            if track.melody is not None:
+                keep = track.time_of(track.next_step)
+                track.qpm = qpm
+                track.origin = keep - track.next_step * track.seconds_per_step
+            else:
+                track.qpm = qpm
+
+    def set_lookahead(self, key: Addr, seconds: float) -> None:
+        with self.lock:
+            track = self.tracks.get(key)
+            if track is not None:
+                track.lookahead = seconds
+
+    def is_playing(self, key: Addr) -> bool:
+        with self.lock:
+            return key in self.tracks
+
+    # ------------------------------------------------------------ scheduling
+    def tick(self, now: float | None = None) -> int:
+        """Send every step due before ``now + lookahead``; the number of bundles sent."""
+        now = self.clock() if now is None else now
+        sent = 0
+        with self.lock:
+            for track in self.tracks.values():
+                sent += self._schedule(track, now)
+        return sent
+
+    def _schedule(self, track: Track, now: float) -> int:
+        if track.melody is None:
+            return 0
+        if track.time_of(track.next_step) < now - MAX_LATE:
+            _LOGGER.warning("playback for %s fell %.1f s behind; re-anchoring", track.key,
+                            now - track.time_of(track.next_step))
+            track.origin = now + track.lookahead - track.next_step * track.seconds_per_step
+        sent = 0
+        horizon = now + track.lookahead
+        while track.time_of(track.next_step) < horizon:
+            sent += self._schedule_step(track)
+        return sent
+
+    def _schedule_step(self, track: Track) -> int:
+        assert track.melody is not None
+        step = track.next_step
+        track.next_step += 1
+        position = step - track.loop_start
+        swapped = False
+        if track.pending is not None and position % track.melody.steps_per_bar == 0:
+            if track.pending.total_steps != track.melody.total_steps:
+                track.loop_start, position = step, 0
+            track._use(track.pending)
+            track.pending = None
+            swapped = True
+        melody = track.melody
+        local = position % melody.total_steps
+        note = track.starts.get(local)
+        messages = []
+        if track.sounding is not None and (
+                track.sounding[1] <= step or note is not None or swapped):
+            messages.append(note_off(track.sounding[0]))
+            track.sounding = None
+        if note is not None:
+            messages.append(note_on(note.pitch, note.velocity))
+            length = min(note.end, melody.total_steps) - local
+            track.sounding = (note.pitch, step + length)
+        if not messages:
+            return 0
+        self._send(track.key, encode_bundle(messages, track.time_of(step)))
+        return 1
+
+    def _send(self, key: Addr, data: bytes) -> None:
+        try:
+            self.send(data, key)
+        except OSError as e:
+            _LOGGER.warning("playback to %s failed: %s", key, e)
+
+    # ------------------------------------------------------------ thread
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="mvae-playback", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 2.0) -> None:
+        for key in list(self.tracks):
+            self.stop(key)
+        self._closed = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._closed:
+            wait: float | None = None
+            try:
+                self.tick()
+            except Exception:  # a bug here must not end playback for everyone
+                _LOGGER.exception("playback scheduling failed")
+            with self.lock:
+                if self.tracks:
+                    shortest = min(t.seconds_per_step for t in self.tracks.values())
+                    wait = min(MAX_WAKE, max(MIN_WAKE, shortest / 4))
+            self._wake.wait(wait)
+            self._wake.clear()

@@ -1,0 +1,193 @@
+"""Training end to end at tiny size: a run, its files, --resume, refusals, and a 2-process
+DDP run on CPU (gloo) under torch.distributed.run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import random_tokens
+from melodyvae.training.corpus import CORPUS_FORMAT_VERSION, Corpus
+from melodyvae.training.train import (
+    CURVES_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    STATE_FILE,
+    RunOptions,
+    TrainingError,
+    learning_rate,
+    train,
+)
+from safetensors import safe_open
+
+from melodyvae.checkpoint import load_checkpoint
+from melodyvae.presets import get_preset
+
+PRESET = "tiny-hier-4bar"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def write_corpus(path: Path, bars: int = 4, n: int = 48, seed: int = 0) -> Path:
+    tokens = random_tokens(n, bars * 16, seed=seed).astype(np.uint8)
+    split = np.zeros(n, dtype=np.uint8)
+    split[-8:-3] = 1  # valid
+    split[-3:] = 2  # test
+    meta = {"format_version": CORPUS_FORMAT_VERSION, "bars": bars, "steps_per_bar": 16,
+            "hop_bars": 1, "source": "random_tokens", "tunes": [f"t{i}" for i in range(n)]}
+    Corpus(tokens, np.arange(n, dtype=np.int32), split, meta).save(path)
+    return path
+
+
+@pytest.fixture
+def corpus_file(tmp_path: Path) -> Path:
+    return write_corpus(tmp_path / "corpus.npz")
+
+
+def options(out: Path, data: Path, **kw) -> RunOptions:  # type: ignore[no-untyped-def]
+    base = dict(out=out, data=data, device="cpu", threads=1, max_steps=30,
+                checkpoint_every=10, eval_every=10, log_every=5, eval_phrases=16,
+                progress=False)
+    base.update(kw)
+    return RunOptions(**base)  # type: ignore[arg-type]
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / METRICS_FILE).read_text().splitlines()
+            if line.strip()]
+
+
+def adam_steps(state_path: Path) -> set[float]:
+    with safe_open(str(state_path), framework="pt") as f:
+        names = [k for k in f.keys() if k.endswith(".step")]  # noqa: SIM118
+        return {float(f.get_tensor(k)) for k in names}
+
+
+def test_train_resume_and_refuse(tmp_path: Path, corpus_file: Path) -> None:
+    preset = get_preset(PRESET)
+    run = tmp_path / "run"
+    handler = signal.getsignal(signal.SIGTERM)
+    model_path = train(preset, options(run, corpus_file))
+    assert model_path == run / MODEL_FILE
+    assert signal.getsignal(signal.SIGTERM) == handler  # restored after the run
+    for name in (MODEL_FILE, STATE_FILE, METRICS_FILE, CURVES_FILE):
+        assert (run / name).is_file(), name
+    assert (run / CURVES_FILE).read_bytes().startswith(b"\x89PNG")
+    rows = read_metrics(run)
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    valid_rows = [r for r in rows if r["kind"] == "valid"]
+    assert [r["step"] for r in train_rows] == [1, 5, 10, 15, 20, 25, 30]
+    assert [r["step"] for r in valid_rows] == [10, 20, 30]
+    for r in train_rows:
+        assert np.isfinite([r["loss"], r["nll_bits_per_step"], r["kl_nats"]]).all()
+        assert r["lr"] == pytest.approx(learning_rate(r["step"] - 1, preset.train))
+    for r in valid_rows:
+        assert 0.0 <= r["teacher_forced_accuracy"] <= 1.0
+        assert 0.0 <= r["sampled_accuracy"] <= 1.0
+        assert r["n_phrases"] == 5
+    ckpt = load_checkpoint(model_path)
+    assert ckpt.preset.model == preset.model
+    assert ckpt.info["training"]["step"] == 30
+    assert ckpt.info["data"]["phrases"] == {"train": 40, "valid": 5, "test": 3}
+    assert adam_steps(run / STATE_FILE) == {30.0}
+    weights_30 = {k: v.clone() for k, v in ckpt.model.state_dict().items()}
+
+    # the same folder again, without --resume: refused, nothing overwritten
+    with pytest.raises(TrainingError, match="resume"):
+        train(preset, options(run, corpus_file, max_steps=40))
+    assert len(read_metrics(run)) == len(rows)
+
+    # --resume continues from step 30 with the optimizer state
+    train(preset, options(run, corpus_file, max_steps=40, resume=True))
+    rows = read_metrics(run)
+    steps = [r["step"] for r in rows if r["kind"] == "train"]
+    assert steps == [1, 5, 10, 15, 20, 25, 30, 35, 40]
+    assert [r["step"] for r in rows if r["kind"] == "valid"] == [10, 20, 30, 40]
+    for r in rows:
+        if r["kind"] == "train":
+            assert r["lr"] == pytest.approx(learning_rate(r["step"] - 1, preset.train))
+    assert adam_steps(run / STATE_FILE) == {40.0}  # 30 restored + 10 new, not 10
+    resumed = load_checkpoint(model_path)
+    assert resumed.info["training"]["step"] == 40
+    assert any(not torch.equal(v, resumed.model.state_dict()[k])
+               for k, v in weights_30.items())
+
+
+def test_resume_needs_a_run(tmp_path: Path, corpus_file: Path) -> None:
+    with pytest.raises(TrainingError, match="nothing to resume"):
+        train(get_preset(PRESET), options(tmp_path / "empty", corpus_file, resume=True))
+
+
+def test_resume_with_another_model_config(tmp_path: Path, corpus_file: Path) -> None:
+    run = tmp_path / "run"
+    train(get_preset(PRESET), options(run, corpus_file, max_steps=2))
+    other = get_preset(PRESET)
+    other = other.__class__(other.name, other.model.__class__(
+        **{**other.model.__dict__, "z_dim": 4}), other.train, other.description)
+    with pytest.raises(TrainingError, match="another model config"):
+        train(other, options(run, corpus_file, max_steps=4, resume=True))
+
+
+def test_refuses_a_corpus_of_other_phrase_lengths(tmp_path: Path) -> None:
+    data = write_corpus(tmp_path / "16bar.npz", bars=16, n=12)
+    with pytest.raises(TrainingError, match="16-bar"):
+        train(get_preset(PRESET), options(tmp_path / "run", data))
+
+
+def test_refuses_a_broken_corpus(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_text("no corpus here")
+    with pytest.raises(TrainingError):
+        train(get_preset(PRESET), options(tmp_path / "run", garbage))
+    with pytest.raises(TrainingError):
+        train(get_preset(PRESET), options(tmp_path / "run", tmp_path / "missing.npz"))
+
+
+def test_refuses_an_empty_train_split(tmp_path: Path) -> None:
+    path = tmp_path / "valid-only.npz"
+    n = 6
+    meta = {"format_version": CORPUS_FORMAT_VERSION, "bars": 4, "steps_per_bar": 16,
+            "hop_bars": 1, "source": "test", "tunes": ["a"]}
+    Corpus(random_tokens(n, 64).astype(np.uint8), np.zeros(n, np.int32),
+           np.ones(n, np.uint8), meta).save(path)
+    with pytest.raises(TrainingError, match="train split is empty"):
+        train(get_preset(PRESET), options(tmp_path / "run", path))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_ddp_two_processes_on_cpu(tmp_path: Path, corpus_file: Path) -> None:
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+        "-m", "melodyvae.cli", "train", "--preset", PRESET, "--data", str(corpus_file),
+        "--out", str(run), "--device", "cpu", "--threads", "1", "--max-steps", "6",
+        "--checkpoint-every", "3", "--eval-every", "3", "--no-progress",
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ckpt = load_checkpoint(run / MODEL_FILE)
+    assert ckpt.info["training"]["world_size"] == 2
+    assert ckpt.info["training"]["step"] == 6
+    rows = read_metrics(run)
+    assert [r["step"] for r in rows if r["kind"] == "valid"] == [3, 6]
+    # only rank 0 logs: each logged step appears once
+    train_steps = [r["step"] for r in rows if r["kind"] == "train"]
+    assert len(train_steps) == len(set(train_steps))
