@@ -41,7 +41,7 @@ _LOGGER = logging.getLogger(__name__)
 RENDER_SAMPLE_RATE = 44_100  # Hz, WAV previews
 ANALYSIS_SAMPLE_RATE = 22_050  # Hz, what transcription resamples to
 HOP = 256  # samples between pYIN frames at ANALYSIS_SAMPLE_RATE (11.6 ms)
-FRAME = 2048  # pYIN analysis window in samples (93 ms)
+FRAME = 1024  # pYIN analysis window in samples (46 ms)
 FMIN_HZ = 65.41  # C2: lowest pitch transcribed
 FMAX_HZ = 2093.0  # C7: highest pitch transcribed
 PYIN_RESOLUTION = 0.25  # semitones per pitch bin (pYIN's Viterbi cost grows with bins^2)
@@ -55,6 +55,7 @@ SILENT_PEAK = 1e-4  # a file whose peak stays below this (-80 dBFS) has no sound
 MIN_NOTE_S = 0.06  # pitch runs shorter than this are blips (glides, attacks), not notes
 REARTICULATION_RATIO = 1.4  # short-window level rise (x) at an onset inside one pitch:
 #                             a repeated note
+REARTICULATION_STRENGTH = 0.5  # or an onset this strong against the file's median attack
 PEAK_DBFS = -1.0  # rendered files are normalised to this peak level
 TEMPO_RANGE = (60.0, 180.0)  # qpm; estimates are folded by octaves into [low, high)
 FLUIDSYNTH_TIMEOUT_S = 300.0
@@ -421,8 +422,10 @@ def _merge_equal(segments: list[_Segment]) -> list[_Segment]:
 
 
 def _split_rearticulations(segments: list[_Segment], onsets: np.ndarray, rms: np.ndarray,
-                           min_frames: int) -> list[_Segment]:
-    """Split a pitched run at energy onsets where the level jumps (a repeated note)."""
+                           strength: np.ndarray, min_frames: int) -> list[_Segment]:
+    """Split a pitched run at an energy onset where the level jumps, or where the onset is
+    at least half as strong as a typical attack in the file (a repeated note)."""
+    typical = float(np.median(strength[onsets])) if onsets.size else np.inf
     out: list[_Segment] = []
     for seg in segments:
         if seg.pitch < 0:
@@ -435,7 +438,8 @@ def _split_rearticulations(segments: list[_Segment], onsets: np.ndarray, rms: np
                 continue
             before = float(rms[max(start, f - 4): f + 1].min())
             after = float(rms[f: f + 4].max())
-            if after > REARTICULATION_RATIO * max(before, 1e-9):
+            if (after > REARTICULATION_RATIO * max(before, 1e-9)
+                    or strength[f] >= REARTICULATION_STRENGTH * typical):
                 out.append(_Segment(start, f, seg.pitch))
                 start = f
         out.append(_Segment(start, seg.end, seg.pitch))
@@ -524,7 +528,8 @@ def transcribe_array(audio: np.ndarray, sample_rate: int, qpm: float | None = No
     segments = _snap_to_onsets(segments, onsets, round(ONSET_SNAP_S[0] * sr / HOP),
                                round(ONSET_SNAP_S[1] * sr / HOP), min_frames)
     short_rms = librosa.feature.rms(y=y, frame_length=FRAME // 4, hop_length=HOP)[0][:n]
-    segments = _split_rearticulations(segments, onsets, short_rms, min_frames)
+    segments = _split_rearticulations(segments, onsets, short_rms, envelope[:n],
+                                      min_frames)
     notes_s = [(s.start * HOP / sr, s.end * HOP / sr, s.pitch, float(rms[s.start:s.end].max()))
                for s in segments if s.pitch >= 0 and s.end - s.start >= min_frames]
     if not notes_s:

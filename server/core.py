@@ -27,7 +27,7 @@ import numpy as np
 
 from melodyvae.errors import MelodyVAEError
 from melodyvae.melody import Melody, from_note_list
-from melodyvae.server.engine import DecodeJob, Engine, EncodeJob
+from melodyvae.server.engine import DecodeJob, EncodeJob, Engine
 from melodyvae.server.files import FileJob, FileLoader, allowed_path
 from melodyvae.server.playback import Player
 from melodyvae.server.protocol import (
@@ -251,12 +251,26 @@ class ServerCore:
 
     def _stats(self, client: ClientState, args: Args) -> None:
         args.count(0)
+        values = self.stats()
+        self.send(encode_message(f"{PREFIX}/stats", "i" * len(values),
+                                 list(values.values())), client.key)
+
+    def stats(self) -> dict[str, int]:
+        """Counters, in the order ``/mvae/stats`` sends them (see docs/osc.md)."""
         e = self.engine
         with e.cond:
-            values = [e.stats.requests, e.stats.decoded, e.decodes.superseded,
-                      e.stats.batches, e.stats.max_batch, e.decodes.max_waiting,
-                      len(self.clients), e.stats.encoded]
-        self.send(encode_message(f"{PREFIX}/stats", "i" * len(values), values), client.key)
+            return {
+                "received": self.received,  # datagrams
+                "requests": e.stats.requests,  # decode requests
+                "decoded": e.stats.decoded,  # melodies made
+                "superseded": e.decodes.superseded,  # requests dropped for a newer one
+                "batches": e.stats.batches,
+                "max_batch": e.stats.max_batch,
+                "max_waiting": e.decodes.max_waiting,  # most decodes waiting at once
+                "clients": len(self.clients),
+                "encoded": e.stats.encoded,
+                "errors": self.errors,  # /mvae/error replies
+            }
 
     def _z(self, client: ClientState, args: Args) -> None:
         z_dim = self.vae.z_dim

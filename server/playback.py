@@ -156,7 +156,7 @@ class Player:
             track.origin = now + track.lookahead - track.next_step * track.seconds_per_step
         sent = 0
         horizon = now + track.lookahead
-        while track.time_of(track.next_step) < horizon:
+        while track.time_of(track.next_step) <= horizon:
             sent += self._schedule_step(track)
         return sent
 

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from pythonosc.osc_message import OscMessage
-from pythonosc.parsing import osc_types
 
 from melodyvae.errors import MelodyVAEError
 
@@ -115,13 +114,21 @@ def _parse_bundle(data: bytes, depth: int, out: list[Message | OscProtocolError]
         index += size
 
 
+_NUMERIC = {"i": "i", "f": "f", "d": "d", "h": "q"}  # OSC tag -> struct code
+
+
 def parse_message(data: bytes) -> Message:
-    """One OSC message (not a bundle), refusing type tags the server does not accept."""
+    """One OSC message (not a bundle), refusing type tags the server does not accept.
+
+    All-numeric messages (sliders, vectors) are unpacked with one ``struct`` call; the
+    rest go through python-osc.
+    """
     address = _peek_address(data)
     try:
-        _, index = osc_types.get_string(data, 0)
+        _, index = _read_string(data, 0)
+        tags = ","
         if index < len(data):
-            tags, _ = osc_types.get_string(data, index)
+            tags, index = _read_string(data, index)
             if not tags.startswith(","):
                 raise OscProtocolError("type tag string must start with ','", address)
             unknown = sorted(set(tags[1:]) - ACCEPTED_TAGS)
@@ -129,8 +136,9 @@ def parse_message(data: bytes) -> Message:
                 raise OscProtocolError(
                     f"unsupported OSC type tag {''.join(unknown)!r} (use i, f, h, d, s)",
                     address)
-        else:
-            tags = ","
+        codes = ">" + "".join(_NUMERIC.get(tag, "?") for tag in tags[1:])
+        if "?" not in codes and struct.calcsize(codes) == len(data) - index:
+            return Message(address, struct.unpack_from(codes, data, index), tags[1:])
         msg = OscMessage(data)
     except OscProtocolError:
         raise
@@ -140,6 +148,16 @@ def parse_message(data: bytes) -> Message:
     if len(args) != len(tags) - 1:
         raise OscProtocolError("arguments do not match their type tags", address)
     return Message(address, args, tags[1:])
+
+
+def _read_string(data: bytes, index: int) -> tuple[str, int]:
+    """An OSC string at ``index`` and the index after its padding."""
+    end = data.find(b"\x00", index)
+    after = index + ((end - index) // 4 + 1) * 4
+    if end < 0 or after > len(data):
+        raise OscProtocolError("string not terminated within the datagram",
+                               _peek_address(data))
+    return data[index:end].decode("utf-8"), after
 
 
 def _peek_address(data: bytes) -> str:

@@ -12,6 +12,9 @@ import torch
 from conftest import scale_melody
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from melodyvae.melody import Melody, Note, from_tokens, steps_per_bar_for
+from melodyvae.midi import write_midi
 from melodyvae.training.corpus import (
     CORPUS_FORMAT_VERSION,
     SPLITS,
@@ -27,9 +30,6 @@ from melodyvae.training.corpus import (
     split_abc,
     split_of,
 )
-
-from melodyvae.melody import Melody, Note, from_tokens, steps_per_bar_for
-from melodyvae.midi import write_midi
 
 
 @pytest.fixture(autouse=True)

@@ -12,12 +12,12 @@ import torch
 from conftest import random_tokens
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from melodyvae.training.train import kl_weight, learning_rate, transpose_batch
 from torch.distributions import Normal, kl_divergence
 
 from melodyvae.melody import NOTE_OFFSET, VOCAB_SIZE
 from melodyvae.model import VAE, vae_loss
 from melodyvae.presets import PRESETS, TrainConfig, get_preset
+from melodyvae.training.train import kl_weight, learning_rate, transpose_batch
 
 TINY = ["tiny-hier-4bar", "tiny-hier-16bar", "tiny-flat-16bar"]
 TINY_HIER = ["tiny-hier-4bar", "tiny-hier-16bar"]

@@ -3,6 +3,7 @@ DDP run on CPU (gloo) under torch.distributed.run."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -15,6 +16,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import random_tokens
+from safetensors import safe_open
+
+from melodyvae.checkpoint import load_checkpoint
+from melodyvae.presets import get_preset
 from melodyvae.training.corpus import CORPUS_FORMAT_VERSION, Corpus
 from melodyvae.training.train import (
     CURVES_FILE,
@@ -26,10 +31,6 @@ from melodyvae.training.train import (
     learning_rate,
     train,
 )
-from safetensors import safe_open
-
-from melodyvae.checkpoint import load_checkpoint
-from melodyvae.presets import get_preset
 
 PRESET = "tiny-hier-4bar"
 
@@ -132,9 +133,8 @@ def test_resume_needs_a_run(tmp_path: Path, corpus_file: Path) -> None:
 def test_resume_with_another_model_config(tmp_path: Path, corpus_file: Path) -> None:
     run = tmp_path / "run"
     train(get_preset(PRESET), options(run, corpus_file, max_steps=2))
-    other = get_preset(PRESET)
-    other = other.__class__(other.name, other.model.__class__(
-        **{**other.model.__dict__, "z_dim": 4}), other.train, other.description)
+    preset = get_preset(PRESET)
+    other = dataclasses.replace(preset, model=dataclasses.replace(preset.model, z_dim=4))
     with pytest.raises(TrainingError, match="another model config"):
         train(other, options(run, corpus_file, max_steps=4, resume=True))
 

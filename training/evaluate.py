@@ -9,6 +9,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from melodyvae.melody import to_tokens
+from melodyvae.model import VAE, kl_divergence, reconstruction_nll
 from melodyvae.training.corpus import (
     Corpus,
     CorpusError,
@@ -18,9 +21,6 @@ from melodyvae.training.corpus import (
     on_16_step_bars,
     windows,
 )
-
-from melodyvae.melody import to_tokens
-from melodyvae.model import VAE, kl_divergence, reconstruction_nll
 
 ACTIVE_UNIT_VARIANCE = 0.01  # a latent dim is active when Var_x[mu(x)] exceeds this
 

@@ -6,9 +6,9 @@ import math
 from typing import Any
 
 import numpy as np
-from melodyvae.training.axes import attribute_table
 
 from melodyvae.inference import MelodyVAE, slerp
+from melodyvae.training.axes import attribute_table
 
 ALPHAS = np.linspace(-2.0, 2.0, 9)  # steps along an attribute vector
 

@@ -20,8 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from melodyvae.training.corpus import Corpus, CorpusError
-from melodyvae.training.evaluate import evaluate_tokens
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -32,6 +30,8 @@ from melodyvae.errors import MelodyVAEError
 from melodyvae.melody import VOCAB_SIZE
 from melodyvae.model import VAE, vae_loss
 from melodyvae.presets import Preset, TrainConfig
+from melodyvae.training.corpus import Corpus, CorpusError
+from melodyvae.training.evaluate import evaluate_tokens
 
 _LOGGER = logging.getLogger(__name__)
 

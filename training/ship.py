@@ -1,0 +1,88 @@
+"""Turn a training run's checkpoint into a shipped model file.
+
+    python -m melodyvae.training.ship RUN/model.safetensors CORPUS --name hier-4bar \
+        [--out melodyvae/models]
+
+computes the latent axes on the corpus's train split, the test-split metrics and the
+novelty reference (negative ELBO of the valid split, for ``melodyvae score``), and writes
+``OUT/NAME.safetensors`` with float16 weights and all of that in its JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from melodyvae.checkpoint import load_checkpoint, save_checkpoint
+from melodyvae.inference import MODELS_DIR, MelodyVAE
+from melodyvae.training.axes import axes_document
+from melodyvae.training.corpus import Corpus
+from melodyvae.training.evaluate import evaluate_tokens
+from melodyvae.training.report import negative_elbo_bits
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def ship(checkpoint: Path, corpus: Corpus, name: str, out_dir: Path,
+         axes_phrases: int = 20000) -> Path:
+    ckpt = load_checkpoint(checkpoint)
+    vae = MelodyVAE(ckpt.model, ckpt.info, name, ckpt.model.encoder.to_mu.weight.device)
+    train = corpus.subset("train")
+    rng = np.random.default_rng(0)
+    if len(train) > axes_phrases:
+        train = train[np.sort(rng.choice(len(train), axes_phrases, replace=False))]
+    mu = np.concatenate([vae.encode_tokens(train[i : i + 512])[0].float().cpu().numpy()
+                         for i in range(0, len(train), 512)])
+    _LOGGER.info("axes from %d phrases", len(train))
+    axes = axes_document(mu, train)
+    metrics = evaluate_tokens(ckpt.model, corpus.subset("test"))
+    _LOGGER.info("test metrics %s", metrics)
+    heldout = np.sort(negative_elbo_bits(vae, corpus.subset("valid")))
+    extra = {k: v for k, v in ckpt.info.items()
+             if k not in ("format", "format_version", "preset", "description", "model",
+                          "train", "representation")}
+    extra.update({
+        "name": name,
+        "axes": axes,
+        "metrics": {
+            "teacher_forced_accuracy": metrics["teacher_forced_accuracy"],
+            "sampled_accuracy": metrics["sampled_accuracy"],
+            "nll_bits_per_step": metrics["nll_bits_per_step"],
+            "kl_nats": metrics["kl_nats"],
+            "active_units": metrics["active_units"],
+            "test_phrases": metrics["n_phrases"],
+        },
+        "novelty": {"heldout_bits": [round(float(b), 3) for b in heldout],
+                    "split": "valid"},
+    })
+    out = out_dir / f"{name}.safetensors"
+    save_checkpoint(out, ckpt.model, ckpt.preset, extra, half=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Write a shipped model file from a run.")
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("corpus", type=Path)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--out", type=Path, default=MODELS_DIR)
+    parser.add_argument("--axes-phrases", type=int, default=20000)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    path = ship(args.checkpoint, Corpus.load(args.corpus), args.name, args.out,
+                args.axes_phrases)
+    info = load_checkpoint(path).info
+    print(json.dumps({"path": str(path), "metrics": info["metrics"]}))
+
+
+if __name__ == "__main__":
+    main()
