@@ -559,7 +559,12 @@ def transcribe_array(audio: np.ndarray, sample_rate: int, qpm: float | None = No
                          tuple(s for s, *_ in notes_s))
 
 
-def transcribe(path: str | os.PathLike[str], qpm: float | None = None) -> Transcription:
-    """Transcribe an audio file (WAV, FLAC, Ogg, AIFF) to a melody."""
+def transcribe_file(path: str | os.PathLike[str], qpm: float | None = None) -> Transcription:
+    """Transcribe an audio file (WAV, FLAC, Ogg, AIFF), with what was found on the way."""
     audio, sample_rate = read_audio(path)
     return transcribe_array(audio, sample_rate, qpm, name=str(path))
+
+
+def transcribe(path: str | os.PathLike[str], qpm: float | None = None) -> Melody:
+    """The melody of an audio file (WAV, FLAC, Ogg, AIFF); see the module docstring."""
+    return transcribe_file(path, qpm).melody

@@ -94,11 +94,14 @@ def read_info(path: str | os.PathLike[str]) -> dict[str, Any]:
             header = json.loads(f.read(size))
     except (OSError, ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not a safetensors file ({e})") from e
-    meta = header.get("__metadata__") or {}
-    if METADATA_KEY not in meta:
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(meta, dict) or METADATA_KEY not in meta:
         raise CheckpointError(f"{path}: a safetensors file, but not a melodyvae checkpoint")
-    doc = json.loads(meta[METADATA_KEY])
-    if doc.get("format") != FORMAT:
+    try:
+        doc = json.loads(meta[METADATA_KEY])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its melodyvae description is not JSON ({e})") from e
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a melodyvae checkpoint")
     if doc.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(

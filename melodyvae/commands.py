@@ -1,10 +1,751 @@
 """Batch generation, audio and scoring subcommands (generate, interpolate, vary, encode,
-decode, score, render, transcribe)."""
+decode, score, render, transcribe).
+
+Each handler checks its arguments and input files first, then imports torch, librosa and
+the model code, so ``melodyvae --help`` stays quick. Known problems raise a
+:class:`~melodyvae.errors.MelodyVAEError`, which the main command prints as one line.
+
+Conventions shared by the commands:
+
+* inputs are MIDI files or audio files (WAV, FLAC, Ogg, AIFF); audio goes through
+  :func:`melodyvae.audio.transcribe` first;
+* an input longer than the model's phrase is cut to its first phrase (the model's number
+  of bars), a shorter one is padded with rests; ``score`` instead scores every phrase;
+* batches decode on the model's device in chunks of ``--batch-size`` phrases; a run is
+  fixed by its seed (a seed is drawn and printed when none is given), so the same command
+  with the same seed writes byte-identical files;
+* MIDI files are written by :func:`write_mono_midi`: 480 ticks per quarter note, one piano
+  track whose note-offs precede note-ons at the same tick.
+"""
 
 from __future__ import annotations
 
 import argparse
+import bisect
+import json
+import logging
+import math
+import secrets
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from melodyvae.errors import MelodyVAEError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from melodyvae.inference import MelodyVAE
+    from melodyvae.melody import Melody
+
+_LOGGER = logging.getLogger(__name__)
+
+DEFAULT_MODEL_HELP = "hier-4bar"  # shown in --help; the default itself is inference's
+DEFAULT_BATCH = 256  # phrases decoded together on the device
+SYNTHS = ("auto", "fluidsynth", "builtin")
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+class CommandError(MelodyVAEError):
+    """A bad argument or input for one of these commands."""
+
+
+# ------------------------------------------------------------------ argument types
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
+    return value
+
+
+def _tempo(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 10.0 <= value <= 400.0:
+        raise argparse.ArgumentTypeError(f"{text} qpm is outside 10..400")
+    return value
+
+
+# ------------------------------------------------------------------ shared helpers
+
+
+def _check_files(*paths: Path) -> None:
+    """Every input must exist before anything is loaded."""
+    for path in paths:
+        if not path.exists():
+            raise CommandError(f"{path}: no such file")
+        if not path.is_file():
+            raise CommandError(f"{path}: not a file")
+
+
+def _prepare_dir(path: Path) -> Path:
+    if path.exists() and not path.is_dir():
+        raise CommandError(f"{path}: exists and is not a folder")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _prepare_parent(path: Path) -> None:
+    if path.exists() and path.is_dir():
+        raise CommandError(f"{path}: is a folder, give a file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _check_synth(args: argparse.Namespace) -> None:
+    """Fail before loading the model when WAV previews were asked for and cannot be made."""
+    if getattr(args, "wav", False):
+        from melodyvae.audio import choose_synth
+
+        choose_synth(args.synth, args.soundfont)
+
+
+def _resolve_seed(seed: int | None) -> int:
+    return secrets.randbelow(2**31) if seed is None else seed
+
+
+def chunk_seed(seed: int, chunk: int) -> int:
+    """The sampling seed of one decode chunk, derived from the run's seed."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, chunk]).generate_state(1)[0])
+
+
+def load_model(args: argparse.Namespace) -> MelodyVAE:
+    """The model named by ``--model`` (the shipped default when absent), on ``--device``."""
+    import torch
+
+    from melodyvae.inference import DEFAULT_MODEL, MelodyVAE
+
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    try:
+        return MelodyVAE.load(args.model or DEFAULT_MODEL, device=args.device)
+    except ValueError as e:
+        if isinstance(e, MelodyVAEError):
+            raise
+        raise CommandError(str(e)) from e
+
+
+def read_melody(path: Path, qpm: float | None = None) -> tuple[Melody, str]:
+    """A melody from a MIDI or audio file, and a few words on where it came from."""
+    from melodyvae.audio import looks_like_audio, transcribe_file
+
+    if looks_like_audio(path):
+        result = transcribe_file(path, qpm)
+        how = "estimated" if result.tempo_estimated else "given"
+        return result.melody, (f"transcribed {len(result.melody.notes)} notes at "
+                               f"{result.qpm:.1f} qpm ({how})")
+    from melodyvae.midi import read_midi
+
+    melody, info = read_midi(path)
+    return melody, f"{len(melody.notes)} notes from track {info.track}"
+
+
+def _phrase_note(vae: MelodyVAE, melody: Melody) -> str:
+    """Words on how a melody was fitted to the model's phrase length."""
+    if melody.total_steps > vae.steps:
+        return f"used its first {vae.bars} of {melody.n_bars} bars"
+    if melody.total_steps < vae.steps:
+        return f"padded {melody.n_bars} bars with rests to {vae.bars}"
+    return f"{vae.bars} bars"
+
+
+def decode_batches(vae: MelodyVAE, z: np.ndarray, temperature: float, seed: int,
+                   batch_size: int = DEFAULT_BATCH) -> Iterator[np.ndarray]:
+    """Decode (N, Z) latent vectors chunk by chunk on the model's device: (b, T) tokens.
+
+    Chunk ``k`` samples with :func:`chunk_seed` (seed, k), so a run is fixed by its seed
+    and batch size.
+    """
+    for k, start in enumerate(range(0, len(z), batch_size)):
+        tokens = vae.decode_tokens(z[start:start + batch_size], temperature,
+                                   chunk_seed(seed, k))
+        yield tokens.cpu().numpy()
+
+
+def negative_elbo_bits(vae: MelodyVAE, tokens: np.ndarray, batch_size: int = DEFAULT_BATCH
+                       ) -> np.ndarray:
+    """Negative ELBO of each phrase in bits: (N, T) tokens -> (N,).
+
+    (reconstruction NLL + KL(q(z|x) || N(0, I))) / ln 2, where the NLL is taken with the
+    decoder teacher-forced at the posterior mean (not a posterior sample), so a phrase always
+    gets the same score. Higher means the model finds the phrase more unusual.
+    """
+    import numpy as np
+    import torch
+
+    from melodyvae.model import kl_divergence, reconstruction_nll
+
+    model = vae.model
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(tokens), batch_size):
+            x = torch.as_tensor(np.asarray(tokens[start:start + batch_size]),
+                                dtype=torch.long, device=vae.device)
+            mu, logvar = model.encode(x)
+            logits = model.decoder(mu, x)  # (B, T, V)
+            nats = reconstruction_nll(logits, x) + kl_divergence(mu.float(), logvar.float())
+            out.append((nats / math.log(2.0)).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def percentile_of(bits: float, heldout: Sequence[float] | None) -> float | None:
+    """Share (%) of held-out phrases scoring lower than ``bits``; ``heldout`` is sorted.
+    None without a reference."""
+    if not heldout:
+        return None
+    return 100.0 * bisect.bisect_left(heldout, bits) / len(heldout)
+
+
+MIDI_TICKS_PER_QUARTER = 480  # resolution of the files these commands write
+
+
+def write_mono_midi(melody: Melody, path: Path, program: int = 0) -> None:
+    """Write ``melody`` as a two-track Standard MIDI File (tempo map, then one piano track).
+
+    Written with mido at a fixed 480 ticks per quarter note, and at each tick every
+    note-off comes before any note-on, so a reader that follows the event stream never sees
+    two notes at once (pretty_midi orders same-tick events by pitch instead). The same
+    melody always gives the same bytes.
+    """
+    import mido
+
+    ticks_per_step = MIDI_TICKS_PER_QUARTER // melody.steps_per_quarter
+    tempo_track = mido.MidiTrack([
+        mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(melody.qpm), time=0),
+        mido.MetaMessage("time_signature", numerator=melody.time_signature[0],
+                         denominator=melody.time_signature[1], time=0),
+        mido.MetaMessage("end_of_track", time=0),
+    ])
+    events: list[tuple[int, int, mido.Message]] = []  # (tick, 0 = off / 1 = on, message)
+    for note in melody.notes:
+        events.append((note.start * ticks_per_step, 1,
+                       mido.Message("note_on", note=note.pitch, velocity=note.velocity)))
+        events.append((note.end * ticks_per_step, 0,
+                       mido.Message("note_off", note=note.pitch, velocity=0)))
+    events.sort(key=lambda e: (e[0], e[1]))
+    track = mido.MidiTrack([mido.MetaMessage("track_name", name="melody", time=0),
+                            mido.Message("program_change", program=program, time=0)])
+    now = 0
+    for tick, _, message in events:
+        track.append(message.copy(time=tick - now))
+        now = tick
+    end = max(now, melody.total_steps * ticks_per_step)
+    track.append(mido.MetaMessage("end_of_track", time=end - now))
+    midi = mido.MidiFile(type=1, ticks_per_beat=MIDI_TICKS_PER_QUARTER)
+    midi.tracks.extend([tempo_track, track])
+    midi.save(str(path))
+
+
+class _Writer:
+    """Writes one melody as MIDI, and optionally a WAV preview and a piano-roll PNG."""
+
+    def __init__(self, args: argparse.Namespace, model_name: str) -> None:
+        self.wav = bool(getattr(args, "wav", False))
+        self.png = bool(getattr(args, "png", False))
+        self.synth = getattr(args, "synth", "auto")
+        self.soundfont = getattr(args, "soundfont", None)
+        self.model_name = model_name
+        self.rendered_with: str | None = None
+        self.counts = {"mid": 0, "wav": 0, "png": 0}
+
+    def write(self, melody: Melody, midi_path: Path, title: str) -> None:
+        write_mono_midi(melody, midi_path)
+        self.counts["mid"] += 1
+        if self.wav:
+            from melodyvae.audio import render_midi
+
+            result = render_midi(midi_path, midi_path.with_suffix(".wav"), self.synth,
+                                 self.soundfont)
+            self.rendered_with = result.describe()
+            self.counts["wav"] += 1
+        if self.png:
+            from melodyvae.pianoroll import save_pianoroll
+
+            save_pianoroll(melody, midi_path.with_suffix(".png"), title)
+            self.counts["png"] += 1
+
+    def summary(self) -> str:
+        parts = [_count(self.counts["mid"], "MIDI file")]
+        if self.counts["wav"]:
+            parts.append(f"{_count(self.counts['wav'], 'WAV preview')} "
+                         f"({self.rendered_with})")
+        if self.counts["png"]:
+            parts.append(_count(self.counts["png"], "piano roll"))
+        return ", ".join(parts)
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}{'s' if n != 1 else ''}"
+
+
+def _progress(total: int, desc: str, quiet: bool) -> Any:
+    from tqdm import tqdm
+
+    # On a terminal only (disable=None), on stderr, so stdout keeps the one-line result.
+    return tqdm(total=total, desc=desc, unit="melody", disable=True if quiet else None,
+                leave=False, file=sys.stderr)
+
+
+def _write_batch(vae: MelodyVAE, z: np.ndarray, args: argparse.Namespace, seed: int,
+                 out: Path, stem: str, qpm: float, desc: str) -> _Writer:
+    writer = _Writer(args, vae.name)
+    width = max(3, len(str(len(z) - 1)))
+    with _progress(len(z), desc, args.quiet) as bar:
+        index = 0
+        for tokens in decode_batches(vae, z, args.temperature, seed, args.batch_size):
+            for row in tokens:
+                melody = vae.melody_from_tokens(row, qpm)
+                name = f"{stem}{index:0{width}d}"
+                writer.write(melody, out / f"{name}.mid",
+                             f"{name}  ({vae.name}, temperature {args.temperature:g})")
+                index += 1
+                bar.update(1)
+    return writer
+
+
+# ------------------------------------------------------------------ handlers
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    out = _prepare_dir(args.out)
+    _check_synth(args)
+    seed = _resolve_seed(args.seed)
+    vae = load_model(args)
+    z = vae.sample_z(args.n, seed)
+    writer = _write_batch(vae, z, args, seed, out, args.prefix, args.qpm, "generating")
+    print(f"{out}: {writer.summary()} of {vae.bars} bars from {vae.name} "
+          f"(temperature {args.temperature:g}, seed {seed})")
+    return 0
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from melodyvae.inference import slerp
+
+    if args.steps < 2:
+        raise CommandError("--steps must be at least 2 (the two ends)")
+    _check_files(args.start, args.end)
+    out = _prepare_dir(args.out)
+    _check_synth(args)
+    seed = _resolve_seed(args.seed)
+    vae = load_model(args)
+    a, _ = read_melody(args.start, args.qpm)
+    b, _ = read_melody(args.end, args.qpm)
+    za, zb = vae.encode([a, b])
+    ts = np.linspace(0.0, 1.0, args.steps)
+    if args.lerp:
+        z = np.stack([(1 - t) * za + t * zb for t in ts])
+    else:
+        z = np.stack([slerp(za, zb, t) for t in ts])
+    qpm = args.qpm or a.qpm
+    writer = _write_batch(vae, z.astype(np.float32), args, seed, out, args.prefix, qpm,
+                          "interpolating")
+    how = "straight line" if args.lerp else "great circle (slerp)"
+    print(f"{out}: {writer.summary()} from {args.start.name} to {args.end.name} along a "
+          f"{how} in {vae.name}'s latent space"
+          + (f" (temperature {args.temperature:g}, seed {seed})" if args.temperature else ""))
+    return 0
+
+
+def cmd_vary(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    _check_files(args.input)
+    out = _prepare_dir(args.out)
+    _check_synth(args)
+    seed = _resolve_seed(args.seed)
+    vae = load_model(args)
+    melody, source = read_melody(args.input, args.qpm)
+    mu = vae.encode(melody)
+    rng = np.random.default_rng(seed)
+    z = (mu[None, :] + args.amount * rng.standard_normal((args.n, vae.z_dim))).astype(
+        np.float32)
+    writer = _write_batch(vae, z, args, seed, out, args.prefix, args.qpm or melody.qpm,
+                          "varying")
+    print(f"{out}: {writer.summary()} varying {args.input.name} ({source}; "
+          f"{_phrase_note(vae, melody)}) by {args.amount:g} with {vae.name} (seed {seed})")
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    _check_files(args.input)
+    if args.out is not None:
+        _prepare_parent(args.out)
+    vae = load_model(args)
+    melody, source = read_melody(args.input, args.qpm)
+    z = vae.encode(melody)
+    doc = {"model": vae.name, "input": str(args.input), "bars": vae.bars,
+           "z": [float(v) for v in z]}
+    text = json.dumps(doc)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+        print(f"{args.out}: {vae.z_dim}-number latent vector of {args.input.name} "
+              f"({source}; {_phrase_note(vae, melody)}) in {vae.name}")
+    elif args.json:
+        print(text)
+    else:
+        print(" ".join(f"{v:.6f}" for v in z))
+    return 0
+
+
+def _read_z(source: str) -> tuple[list[float], str | None]:
+    """Latent numbers from ``encode --json`` output or a bare JSON list; '-' is stdin."""
+    if source == "-":
+        text, name = sys.stdin.read(), "stdin"
+    else:
+        path = Path(source)
+        _check_files(path)
+        text, name = path.read_text(errors="replace"), str(path)
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CommandError(f"{name}: not JSON ({e})") from e
+    model = None
+    if isinstance(doc, dict):
+        model = doc.get("model") if isinstance(doc.get("model"), str) else None
+        doc = doc.get("z")
+    if (not isinstance(doc, list) or not doc
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in doc)):
+        raise CommandError(f'{name}: wants a list of numbers or an object with "z": [...]')
+    values = [float(v) for v in doc]
+    if not all(math.isfinite(v) for v in values):
+        raise CommandError(f"{name}: the latent vector holds NaN or infinity")
+    return values, model
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    values, named_model = _read_z(args.z_json)
+    _prepare_parent(args.out)
+    _check_synth(args)
+    if args.model is None and named_model is not None:
+        from melodyvae.inference import shipped_models
+
+        if named_model in shipped_models():
+            args.model = named_model  # the model the vector came from
+    seed = _resolve_seed(args.seed)
+    vae = load_model(args)
+    if len(values) != vae.z_dim:
+        raise CommandError(f"the vector has {len(values)} numbers, {vae.name} takes "
+                           f"{vae.z_dim}")
+    tokens = vae.decode_tokens(np.asarray([values], dtype=np.float32), args.temperature,
+                               chunk_seed(seed, 0)).cpu().numpy()
+    melody = vae.melody_from_tokens(tokens[0], args.qpm)
+    writer = _Writer(args, vae.name)
+    writer.write(melody, args.out, f"{args.out.stem}  ({vae.name})")
+    extras = [f"{kind} {args.out.with_suffix('.' + kind).name}"
+              for kind in ("wav", "png") if writer.counts[kind]]
+    print(f"{args.out}: {len(melody.notes)} notes, {vae.bars} bars from {vae.name}"
+          + (f" (temperature {args.temperature:g}, seed {seed})" if args.temperature else "")
+          + (f"; also {', '.join(extras)}" if extras else "")
+          + (f", rendered with {writer.rendered_with}" if writer.counts["wav"] else ""))
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from melodyvae.melody import to_tokens
+
+    _check_files(*args.inputs)
+    vae = load_model(args)
+    heldout = sorted((vae.info.get("novelty") or {}).get("heldout_bits") or [])
+    rows: list[dict[str, Any]] = []
+    tokens = []
+    for path in args.inputs:
+        melody, _ = read_melody(path, args.qpm)
+        found = 0
+        for start in range(0, max(melody.total_steps, 1), vae.steps):
+            phrase = melody.window(start, vae.steps)
+            if not phrase.notes:
+                continue  # a phrase of rests says nothing
+            first_bar = start // vae.steps_per_bar + 1
+            rows.append({"file": str(path), "phrase": found,
+                         "bars": [first_bar, first_bar + vae.bars - 1],
+                         "notes": len(phrase.notes)})
+            tokens.append(to_tokens(phrase)[0])
+            found += 1
+        if not found:
+            raise CommandError(f"{path}: no notes to score")
+    bits = negative_elbo_bits(vae, np.stack(tokens), args.batch_size)
+    for row, b in zip(rows, bits, strict=True):
+        row["bits"] = round(float(b), 3)
+        pct = percentile_of(float(b), heldout)
+        row["percentile"] = None if pct is None else round(pct, 1)
+    reference = len(heldout) if heldout else None
+    if args.json:
+        print(json.dumps({"model": vae.name, "heldout_phrases": reference, "phrases": rows}))
+        return 0
+    width = max(len("file"), *(len(r["file"]) for r in rows))
+    print(f"{'file':<{width}}  {'bars':>7}  {'notes':>5}  {'bits':>9}  {'percentile':>10}")
+    for r in rows:
+        shown = "n/a" if r["percentile"] is None else f"{r['percentile']:.1f}"
+        bars = f"{r['bars'][0]}-{r['bars'][1]}"
+        print(f"{r['file']:<{width}}  {bars:>7}  {r['notes']:>5}  {r['bits']:>9.2f}  "
+              f"{shown:>10}")
+    if reference:
+        print(f"percentile: the share of {vae.name}'s {reference} held-out phrases that "
+              "score lower (more typical); near 100 = unusual")
+    else:
+        print(f"percentile unavailable: {vae.name} ships no held-out scores")
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from melodyvae.audio import choose_synth, render_midi
+
+    _check_files(args.input)
+    _prepare_parent(args.output)
+    choose_synth(args.synth, args.soundfont)
+    result = render_midi(args.input, args.output, args.synth, args.soundfont,
+                         args.sample_rate)
+    print(f"{args.output}: {result.seconds:.1f} s at {result.sample_rate} Hz, rendered with "
+          f"{result.describe()}")
+    return 0
+
+
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    from melodyvae.audio import transcribe_file
+
+    _check_files(args.input)
+    _prepare_parent(args.output)
+    result = transcribe_file(args.input, args.qpm)
+    write_mono_midi(result.melody, args.output)
+    if args.png:
+        from melodyvae.pianoroll import save_pianoroll
+
+        save_pianoroll(result.melody, args.output.with_suffix(".png"), args.output.stem)
+    channels = {1: "mono", 2: "stereo"}.get(result.channels, f"{result.channels}-channel")
+    how = "estimated" if result.tempo_estimated else "given"
+    print(f"{args.output}: {len(result.melody.notes)} notes, {result.melody.n_bars} bars at "
+          f"{result.qpm:.1f} qpm ({how}), from {result.seconds:.1f} s of "
+          f"{result.sample_rate} Hz {channels} audio"
+          + (" (+ piano roll)" if args.png else ""))
+    return 0
+
+
+# ------------------------------------------------------------------ parsers
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("model")
+    group.add_argument("--model", default=None, metavar="NAME|FILE",
+                       help=f"which trained model: a shipped name ({DEFAULT_MODEL_HELP}, "
+                            "hier-16bar, flat-16bar; see 'melodyvae models') or a checkpoint "
+                            f"file (default {DEFAULT_MODEL_HELP})")
+    group.add_argument("--device", default="auto",
+                       help="where the model runs: auto (a GPU when there is one), cpu, "
+                            "cuda or mps")
+    group.add_argument("--threads", type=_positive_int, default=None,
+                       help="CPU threads to use (all by default)")
+
+
+def _sampling_options(p: argparse.ArgumentParser, temperature: float) -> None:
+    p.add_argument("--temperature", type=_non_negative_float, default=temperature,
+                   help="how adventurous the notes are: 0 always takes the model's likeliest "
+                        "note, 1 plays as it learned, above 1 gets wilder "
+                        f"(default {temperature:g})")
+    p.add_argument("--seed", type=_seed, default=None,
+                   help="the same seed gives the same files again (default: a fresh seed, "
+                        "printed so you can repeat a run)")
+
+
+def _batch_options(p: argparse.ArgumentParser, prefix: str) -> None:
+    p.add_argument("--prefix", default=prefix,
+                   help=f"start of each file name (default {prefix!r}: {prefix}000.mid, ...)")
+    p.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH,
+                   help=f"melodies worked on at once (default {DEFAULT_BATCH})")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _preview_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("previews")
+    group.add_argument("--wav", action="store_true",
+                       help="also write a WAV preview beside each MIDI file")
+    group.add_argument("--png", action="store_true",
+                       help="also draw a piano roll (PNG) beside each MIDI file")
+    _synth_options(group)
+
+
+def _synth_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    p.add_argument("--synth", choices=SYNTHS, default="auto",
+                   help="what plays the notes: fluidsynth (General MIDI piano from a "
+                        "soundfont), builtin (a simple organ-like tone, no install needed) "
+                        "or auto: FluidSynth when it and a soundfont are installed")
+    p.add_argument("--soundfont", type=Path, default=None, metavar="SF2",
+                   help="the soundfont FluidSynth plays (default: $MELODYVAE_SOUNDFONT, "
+                        "then TimGM6mb or another General MIDI font found on the system)")
+
+
+def _input_tempo_option(p: argparse.ArgumentParser, also_output: bool) -> None:
+    words = (" and of the files written (default: the input's own tempo)"
+             if also_output else "")
+    p.add_argument("--qpm", type=_tempo, default=None,
+                   help="tempo in quarter notes per minute of a WAV input (estimated from "
+                        f"the recording when not given){words}")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Declare this module's subcommands on the main parser."""
+    p = sub.add_parser(
+        "generate", help="write a folder of new melodies (MIDI, WAV previews, piano rolls)",
+        description="Dream up N new melodies from the model and write each as a MIDI file "
+                    "you can drag into a DAW, optionally with a WAV preview and a piano-roll "
+                    "picture. The same --seed writes the same files again.")
+    p.add_argument("-n", type=_positive_int, default=8, metavar="N",
+                   help="how many melodies (default 8)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="folder to write into (made if missing)")
+    p.add_argument("--qpm", type=_tempo, default=120.0,
+                   help="tempo of the files in quarter notes per minute (default 120)")
+    _sampling_options(p, 0.5)
+    _batch_options(p, "melody_")
+    _preview_options(p)
+    _model_options(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser(
+        "interpolate", help="morph from one melody to another in K steps",
+        description="Blend melody A into melody B: both are placed in the model's latent "
+                    "space and K melodies are written along the way, A's version first and "
+                    "B's last. Each input is a MIDI file or a recording (WAV); only its "
+                    "first phrase (the model's number of bars) is used.")
+    p.add_argument("start", type=Path, metavar="A.mid", help="where the morph starts")
+    p.add_argument("end", type=Path, metavar="B.mid", help="where it ends")
+    p.add_argument("--steps", type=_positive_int, default=5, metavar="K",
+                   help="melodies to write, both ends included (default 5)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write")
+    p.add_argument("--lerp", action="store_true",
+                   help="walk a straight line between the two (default: a great-circle arc, "
+                        "which keeps the in-between melodies as lively as the ends)")
+    _input_tempo_option(p, also_output=True)
+    _sampling_options(p, 0.0)
+    _batch_options(p, "interp_")
+    _preview_options(p)
+    _model_options(p)
+    p.set_defaults(func=cmd_interpolate)
+
+    p = sub.add_parser(
+        "vary", help="write N variations of a melody (MIDI or a hummed WAV)",
+        description="Write N variations on a melody: the model hears the input, then "
+                    "wanders around it by --amount. Hum or play into a WAV file, or give a "
+                    "MIDI file; only its first phrase (the model's number of bars) is used.")
+    p.add_argument("input", type=Path, metavar="IN.mid|IN.wav", help="the melody to vary")
+    p.add_argument("-n", type=_positive_int, default=8, metavar="N",
+                   help="how many variations (default 8)")
+    p.add_argument("--amount", type=_non_negative_float, default=0.5, metavar="X",
+                   help="how far to stray: 0 = the melody as the model hears it, 0.2-0.5 "
+                        "close variations, 1 or more = loosely related (default 0.5)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write")
+    _input_tempo_option(p, also_output=True)
+    _sampling_options(p, 0.0)
+    _batch_options(p, "var_")
+    _preview_options(p)
+    _model_options(p)
+    p.set_defaults(func=cmd_vary)
+
+    p = sub.add_parser(
+        "encode", help="print a melody's position in the latent space",
+        description="Place a melody (MIDI, or a recording transcribed first) in the model's "
+                    "latent space and print the numbers: the mean of what the encoder "
+                    "hears. Only the first phrase (the model's number of bars) is used. "
+                    "'melodyvae decode' turns the numbers back into music.")
+    p.add_argument("input", type=Path, metavar="IN.mid|IN.wav")
+    p.add_argument("--json", action="store_true",
+                   help='print one JSON object {"model": ..., "z": [...]} (what decode '
+                        "--z-json reads) instead of bare numbers")
+    p.add_argument("--out", type=Path, default=None, metavar="FILE.json",
+                   help="write the JSON object to this file instead of printing it")
+    _input_tempo_option(p, also_output=False)
+    _model_options(p)
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser(
+        "decode", help="turn latent numbers back into a MIDI melody",
+        description="Write the melody at a point of the latent space, read from the JSON "
+                    "that 'melodyvae encode --json' prints (or a bare list of numbers). "
+                    "Without --model, the model named in that JSON is used when installed.")
+    p.add_argument("--z-json", required=True, metavar="FILE",
+                   help="JSON file with the numbers; - reads them from standard input")
+    p.add_argument("--out", type=Path, required=True, metavar="OUT.mid",
+                   help="MIDI file to write")
+    p.add_argument("--qpm", type=_tempo, default=120.0,
+                   help="tempo of the file in quarter notes per minute (default 120)")
+    _sampling_options(p, 0.0)
+    _preview_options(p)
+    _model_options(p)
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser(
+        "score", help="how unusual is a melody? (novelty in bits, and its percentile)",
+        description="Rate how surprising each phrase is to the model: the bits it needs to "
+                    "describe the phrase (its negative ELBO; the decoder is run from the "
+                    "encoder's mean, so a phrase always gets the same score). The "
+                    "percentile is the share of the model's held-out phrases that score "
+                    "lower: near 100 means unusual, near 0 means very typical. Every "
+                    "phrase of the model's length in each file is scored.")
+    p.add_argument("inputs", type=Path, nargs="+", metavar="IN.mid",
+                   help="MIDI files or recordings")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH,
+                   help=f"phrases scored at once (default {DEFAULT_BATCH})")
+    _input_tempo_option(p, also_output=False)
+    _model_options(p)
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser(
+        "render", help="play a MIDI file into a WAV file",
+        description="Render a MIDI file to audio you can listen to without a DAW: "
+                    "FluidSynth with a General MIDI soundfont when installed (Debian: "
+                    "apt-get install fluidsynth), otherwise a small built-in synth. Drum "
+                    "tracks are skipped by the built-in synth.")
+    p.add_argument("input", type=Path, metavar="IN.mid")
+    p.add_argument("output", type=Path, metavar="OUT.wav")
+    _synth_options(p)
+    p.add_argument("--sample-rate", type=_positive_int, default=44_100, metavar="HZ",
+                   help="sample rate of the WAV (default 44100)")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser(
+        "transcribe", help="turn a sung, hummed or played line (WAV) into MIDI",
+        description="Listen to a recording of one voice or instrument and write its notes "
+                    "as MIDI on the 16th-note grid. Any sample rate, mono or stereo. The "
+                    "tempo is estimated unless you give --qpm; silence before the first "
+                    "note is dropped, so the first note lands on the first beat.")
+    p.add_argument("input", type=Path, metavar="IN.wav")
+    p.add_argument("output", type=Path, metavar="OUT.mid")
+    p.add_argument("--qpm", type=_tempo, default=None,
+                   help="tempo in quarter notes per minute (estimated when not given)")
+    p.add_argument("--png", action="store_true", help="also draw a piano roll (OUT.png)")
+    p.set_defaults(func=cmd_transcribe)

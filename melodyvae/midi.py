@@ -57,7 +57,7 @@ class MidiInfo:
     track: int  # index into the file's instruments of the line taken
     n_tracks: int  # instruments in the file
     time_signature_changes: int  # changes after the first (the first meter is kept)
-    tempo_changes: int  # tempo changes in the file (honoured when quantizing)
+    tempo_changes: int  # tempo changes after the first tempo (honoured when quantizing)
 
 
 def load_pretty_midi(path: str | os.PathLike[str]) -> pretty_midi.PrettyMIDI:
@@ -141,7 +141,7 @@ def melody_from_pretty_midi(
         track=best_track,
         n_tracks=len(instruments),
         time_signature_changes=max(0, len(pm.time_signature_changes) - 1),
-        tempo_changes=len(tempo_times),
+        tempo_changes=max(0, len(tempo_times) - 1),
     )
     _LOGGER.debug("%s: took track %d of %d, %d notes", name, best_track, len(instruments),
                   len(melody.notes))

@@ -278,8 +278,7 @@ class ServerCore:
             raise args.error(f"vector has {len(args)} values; the model's latent size is "
                              f"{z_dim}")
         z = np.zeros(z_dim)
-        for i in range(len(args)):
-            z[i] = args.number(i, f"z[{i}]")
+        z[:len(args)] = args.vector("z")
         client.set_z(z)
         self._decode(client, args.message.address)
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from pythonosc.osc_message import OscMessage
 
 from melodyvae.errors import MelodyVAEError
@@ -211,6 +212,20 @@ class Args:
             raise self.error(f"{name} (argument {i + 1}) must lie in "
                              f"{_fmt(low)}..{_fmt(high)}, not {_fmt(value)}")
         return value
+
+    def vector(self, name: str) -> np.ndarray:
+        """Every argument as one finite float64 vector."""
+        tags = self.message.tags
+        if tags.strip("ifdh"):
+            i = next(k for k, tag in enumerate(tags) if tag not in "ifdh")
+            raise self.error(f"{name}[{i}] (argument {i + 1}) must be a number, "
+                             f"not {_tag_name(tags[i])}")
+        values = np.asarray(self.values, dtype=np.float64)
+        finite = np.isfinite(values)
+        if not finite.all():
+            i = int(np.argmin(finite))
+            raise self.error(f"{name}[{i}] (argument {i + 1}) must be finite, not {values[i]}")
+        return values
 
     def integer(self, i: int, name: str, low: int | None = None,
                 high: int | None = None) -> int:

@@ -138,6 +138,14 @@ def test_extract_of_a_missing_track(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert_one_error_line(capsys.readouterr().err)
 
 
+def test_extract_into_a_missing_folder(tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "in.mid"
+    write_midi(scale_melody(), source)
+    assert main(["extract", str(source), str(tmp_path / "no" / "such" / "o.mid")]) == 2
+    assert_one_error_line(capsys.readouterr().err)
+
+
 def test_installed_script(bad_midi: dict[str, Path], tmp_path: Path) -> None:
     script = melodyvae_script()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -207,6 +215,20 @@ def test_train_with_a_missing_data_file(tmp_path: Path,
     assert not (tmp_path / "run").exists()
 
 
+def test_train_resume_without_a_run(tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "midi"
+    folder.mkdir()
+    write_midi(scale_melody(8), folder / "a.mid")
+    data = tmp_path / "c.npz"
+    assert main(["corpus", "--midi", str(folder), "--out", str(data), "--workers", "1"]) == 0
+    capsys.readouterr()
+    code = main(["train", "--preset", "tiny-hier-4bar", "--data", str(data),
+                 "--out", str(tmp_path / "run"), "--resume", "--no-progress"])
+    assert code == 2
+    assert_one_error_line(capsys.readouterr().err)
+
+
 def test_train_with_a_bad_override(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["train", "--preset", "tiny-hier-4bar", "--data", str(tmp_path / "x.npz"),
                  "--out", str(tmp_path / "run"), "--set", "model.z_dim=eight"])
@@ -259,6 +281,31 @@ def test_evaluate_a_midi_folder_as_json(tmp_path: Path,
     assert metrics["kl_nats"] == pytest.approx(float(kl), rel=1e-4)
     assert 0 <= metrics["active_units"] <= model.cfg.z_dim
 
+    # batches of 2 give the same numbers as one batch
+    assert main(["evaluate", str(ckpt), str(folder), "--json", "--batch-size", "2"]) == 0
+    small = json.loads(capsys.readouterr().out)
+    for key in EVAL_KEYS:
+        assert small[key] == pytest.approx(metrics[key], rel=1e-5, abs=1e-7), key
+
+
+def test_evaluate_a_corpus_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "midi"
+    folder.mkdir()
+    for i in range(6):
+        write_midi(scale_melody(5).transpose(i), folder / f"{i}.mid")
+    data = tmp_path / "corpus.npz"
+    assert main(["corpus", "--midi", str(folder), "--out", str(data), "--workers", "1"]) == 0
+    capsys.readouterr()
+    corpus = Corpus.load(data)
+    ckpt = make_checkpoint(tmp_path / "tiny.safetensors", "tiny-hier-4bar")
+    assert main(["evaluate", str(ckpt), str(data), "--json", "--split", "train"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["n_phrases"] == len(corpus.subset("train"))
+    # a model of another phrase length refuses the corpus in one line
+    ckpt16 = make_checkpoint(tmp_path / "tiny16.safetensors", "tiny-hier-16bar")
+    assert main(["evaluate", str(ckpt16), str(data), "--split", "train"]) == 2
+    assert_one_error_line(capsys.readouterr().err)
+
 
 def test_evaluate_errors_are_one_line(tmp_path: Path, tiny_checkpoint: Path,
                                       capsys: pytest.CaptureFixture[str]) -> None:
@@ -273,4 +320,6 @@ def test_evaluate_errors_are_one_line(tmp_path: Path, tiny_checkpoint: Path,
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["evaluate", str(tiny_checkpoint), str(empty)]) == 2
+    assert_one_error_line(capsys.readouterr().err)
+    assert main(["evaluate", "no-such-model", str(tmp_path / "midi")]) == 2
     assert_one_error_line(capsys.readouterr().err)

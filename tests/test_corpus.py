@@ -187,8 +187,9 @@ def test_split_of_proportions() -> None:
 
 def test_corpus_save_load_round_trip(tmp_path: Path) -> None:
     corpus = build_corpus(many_tunes(30), 4, 2, "synthetic", BuildReport())
-    path = tmp_path / "sub" / "corpus.npz"
+    path = tmp_path / "sub" / "corpus.data"  # any name, not only .npz
     corpus.save(path)
+    assert [p.name for p in path.parent.iterdir()] == ["corpus.data"]  # no temporary left
     loaded = Corpus.load(path)
     for key in ("tokens", "tune", "split"):
         np.testing.assert_array_equal(getattr(loaded, key), getattr(corpus, key))

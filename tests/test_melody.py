@@ -105,6 +105,15 @@ def test_token_values_for_a_known_melody() -> None:
                                89, HOLD, HOLD, HOLD, REST, HOLD]
 
 
+def test_repeated_notes_of_one_pitch_stay_apart() -> None:
+    melody = Melody((Note(0, 2, 60), Note(2, 4, 60), Note(4, 8, 60), Note(9, 10, 60)), 12)
+    tokens, _ = to_tokens(melody)
+    note = 60 + NOTE_OFFSET
+    assert tokens.tolist() == [note, HOLD, note, HOLD, note, HOLD, HOLD, HOLD, REST, note,
+                               REST, HOLD]
+    assert spans(from_tokens(tokens)) == spans(melody)
+
+
 def test_a_leading_hold_is_silence() -> None:
     melody = from_tokens([HOLD, HOLD, 40, HOLD, REST, HOLD])
     assert spans(melody) == [(2, 4, 40 - NOTE_OFFSET)]

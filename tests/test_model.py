@@ -77,6 +77,21 @@ def test_forward_shapes_and_finite_gradients(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", TINY)
+def test_forward_accepts_any_memory_layout(name: str) -> None:
+    """A (B, T) batch is a (B, T) batch whatever its strides (a Fortran-ordered array, a
+    transposed tensor): the result equals the contiguous one's."""
+    model = tiny_model(name)
+    tokens = random_tokens(3, model.cfg.steps, seed=4)
+    contiguous = torch.as_tensor(tokens)
+    strided = torch.as_tensor(np.asfortranarray(tokens))
+    assert not strided.is_contiguous()
+    with torch.no_grad():
+        expected, _, _ = model(contiguous, sample_z=False)
+        logits, _, _ = model(strided, sample_z=False)
+    torch.testing.assert_close(logits, expected)
+
+
+@pytest.mark.parametrize("name", TINY)
 def test_encode_rejects_wrong_lengths(name: str) -> None:
     model = tiny_model(name)
     with pytest.raises(ValueError, match="shape"):
@@ -169,13 +184,29 @@ def test_sampling_follows_weight_updates(name: str) -> None:
     logits, mu, logvar = model(x)
     vae_loss(logits, x, mu, logvar, 1.0, 0.0)["loss"].backward()
     optimizer.step()
-    fresh = copy.deepcopy(model)
+    fresh = VAE(model.cfg).eval()
+    fresh.load_state_dict(model.state_dict())
     after = model.sample(z)
     assert torch.equal(after, fresh.sample(z))
     assert not torch.equal(after, before)  # the step changed what the model decodes
     other = opinionated_model(name, seed=4)
     model.load_state_dict(other.state_dict())
     assert torch.equal(model.sample(z), other.sample(z))
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_a_model_that_has_decoded_can_be_deep_copied(name: str) -> None:
+    """Whatever a decode caches on the model must not break copy.deepcopy (EMA weights,
+    a copy per worker, ...)."""
+    model = opinionated_model(name, seed=5)
+    z = torch.randn(2, model.cfg.z_dim, generator=torch.Generator().manual_seed(0)) * 2
+    tokens = model.sample(z)
+    twin = copy.deepcopy(model)
+    assert torch.equal(twin.sample(z), tokens)
+    with torch.no_grad():  # the copy is independent of the original
+        for p in twin.parameters():
+            p.mul_(-1.0)
+    assert torch.equal(model.sample(z), tokens)
 
 
 @pytest.mark.parametrize("name", TINY)

@@ -80,7 +80,8 @@ def test_bundles_unpack_in_order_and_ignore_far_future_timetags() -> None:
     (b"/mvae/z\x00,i\x00\x00\x00\x00", "malformed"),  # int cut short
     (b"/mvae/z\x00\x00\x00\x00\x00f\x00\x00", "must start with ','"),
     (b"/mvae/z\x00,\xff\xfe\x00", "malformed"),  # type tags not UTF-8
-    (b"/mvae/\xff\xfe\x00\x00", "malformed"),  # address not UTF-8
+    (b"/mvae/\xff\xfe\x00\x00\x00\x00", "malformed"),  # address not UTF-8
+    (b"/mvae/z\x00,f", "not terminated"),
     (b"/mvae/z\x00,c\x00\x00\x00\x00\x00A", "unsupported OSC type tag 'c'"),
     (b"/mvae/z\x00,[f]\x00\x00\x00\x00\x00", "unsupported OSC type tag"),
     (b"#bundle\x00\x00\x00", "too short"),

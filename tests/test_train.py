@@ -165,23 +165,36 @@ def test_refuses_an_empty_train_split(tmp_path: Path) -> None:
         train(get_preset(PRESET), options(tmp_path / "run", path))
 
 
+def test_max_minutes_stops_with_a_checkpoint(tmp_path: Path, corpus_file: Path) -> None:
+    run = tmp_path / "run"
+    train(get_preset(PRESET), options(run, corpus_file, max_steps=1000, max_minutes=0.0))
+    ckpt = load_checkpoint(run / MODEL_FILE)
+    assert ckpt.info["training"]["step"] == 1
+    assert [r["step"] for r in read_metrics(run) if r["kind"] == "valid"] == [1]
+    assert adam_steps(run / STATE_FILE) == {1.0}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def test_ddp_two_processes_on_cpu(tmp_path: Path, corpus_file: Path) -> None:
-    run = tmp_path / "ddp"
+def _torchrun_train(run: Path, data: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-        "-m", "melodyvae.cli", "train", "--preset", PRESET, "--data", str(corpus_file),
-        "--out", str(run), "--device", "cpu", "--threads", "1", "--max-steps", "6",
-        "--checkpoint-every", "3", "--eval-every", "3", "--no-progress",
+        "-m", "melodyvae.cli", "train", "--preset", PRESET, "--data", str(data),
+        "--out", str(run), "--device", "cpu", "--threads", "1",
+        "--checkpoint-every", "3", "--eval-every", "3", "--no-progress", *extra,
     ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+
+
+def test_ddp_two_processes_on_cpu(tmp_path: Path, corpus_file: Path) -> None:
+    run = tmp_path / "ddp"
+    result = _torchrun_train(run, corpus_file, "--max-steps", "6")
     assert result.returncode == 0, result.stderr[-4000:]
     ckpt = load_checkpoint(run / MODEL_FILE)
     assert ckpt.info["training"]["world_size"] == 2
@@ -191,3 +204,14 @@ def test_ddp_two_processes_on_cpu(tmp_path: Path, corpus_file: Path) -> None:
     # only rank 0 logs: each logged step appears once
     train_steps = [r["step"] for r in rows if r["kind"] == "train"]
     assert len(train_steps) == len(set(train_steps))
+
+    # a second DDP run into the same folder is refused (and does not hang)
+    refused = _torchrun_train(run, corpus_file, "--max-steps", "9")
+    assert refused.returncode != 0
+    assert "melodyvae: error:" in refused.stderr and "--resume" in refused.stderr
+    # --resume under DDP continues from step 6
+    resumed = _torchrun_train(run, corpus_file, "--max-steps", "9", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert load_checkpoint(run / MODEL_FILE).info["training"]["step"] == 9
+    assert [r["step"] for r in read_metrics(run) if r["kind"] == "valid"] == [3, 6, 9]
+    assert adam_steps(run / STATE_FILE) == {9.0}

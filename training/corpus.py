@@ -19,6 +19,8 @@ import json
 import logging
 import os
 import re
+import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -158,8 +160,8 @@ class Corpus:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(bytes(data["meta"]).decode("utf-8"))
                 corpus = cls(data["tokens"], data["tune"], data["split"], meta)
-        except (OSError, ValueError, KeyError) as e:
-            raise CorpusError(f"{path}: not a melodyvae corpus ({e})") from e
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            raise CorpusError(f"{path}: not a melodyvae corpus, or damaged ({e})") from e
         if meta.get("format_version") != CORPUS_FORMAT_VERSION:
             raise CorpusError(
                 f"{path}: corpus format {meta.get('format_version')}, "

@@ -285,8 +285,8 @@ def train(preset: Preset, options: RunOptions) -> Path:
                     accuracy = float((logits.argmax(-1) == x).float().mean())
                 row = {
                     "kind": "train", "step": step, "loss": float(losses["loss"].detach()),
-                    "nll_bits_per_step": float(losses["nll"]) / x.shape[1] / math.log(2),
-                    "kl_nats": float(losses["kl"]), "beta": beta, "lr": lr,
+                    "nll_bits_per_step": float(losses["nll"].detach()) / x.shape[1] / math.log(2),
+                    "kl_nats": float(losses["kl"].detach()), "beta": beta, "lr": lr,
                     "grad_norm": float(grad_norm), "teacher_forced_accuracy": accuracy,
                     "elapsed_s": round(elapsed_before + time.monotonic() - started, 1),
                 }
