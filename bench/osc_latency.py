@@ -1,7 +1,8 @@
 """OSC round-trip latency of ``melodyvae serve``, next to a plain python-osc echo server.
 
 For each model: p50 / p99 of the time from sending ``/mvae/z`` (a full random vector) to
-receiving ``/mvae/melody/end``, one request at a time; then a flood of ``/mvae/z`` at a
+receiving ``/mvae/melody/end``, one request at a time, and of the decode alone measured in
+this process (the model's share of that time); then a flood of ``/mvae/z`` at a
 fixed rate, reporting how long the last update took to answer and the largest number of
 decodes ever waiting (latest wins keeps it at one per client). The echo server answers
 ``/mvae/z`` with ``/mvae/melody/end`` at once, so its figures are the floor set by UDP,
@@ -193,7 +194,7 @@ def flood(port: int, z_dim: int, rate: float, seconds: float) -> dict[str, Any]:
     sock.close()
     names = ["received", "requests", "decoded", "superseded", "batches", "max_batch",
              "max_waiting", "clients", "encoded", "errors"]
-    server = dict(zip(names, stats))
+    server = dict(zip(names, stats, strict=True))
     return {
         "sent": n,
         "achieved_rate": round(n / send_seconds, 1),
@@ -202,6 +203,26 @@ def flood(port: int, z_dim: int, rate: float, seconds: float) -> dict[str, Any]:
         "largest_pending_queue": server["max_waiting"],
         "server": server,
     }
+
+
+def model_only(path: str, n: int, threads: int, device: str) -> list[float]:
+    """Seconds per decode_tokens + melody_from_tokens in this process: the model's share
+    of a round trip (the rest is the server, the network and the client)."""
+    import torch
+
+    from melodyvae.inference import MelodyVAE
+
+    torch.set_num_threads(threads)
+    vae = MelodyVAE.load(path, device=device)
+    zs = vae.sample_z(n + 20, seed=2)
+    times = []
+    for i, z in enumerate(zs):
+        started = time.perf_counter()
+        tokens = vae.decode_tokens(z[None]).cpu().numpy()
+        vae.melody_from_tokens(tokens[0])
+        if i >= 20:
+            times.append(time.perf_counter() - started)
+    return times
 
 
 def summary(times: list[float]) -> dict[str, float]:
@@ -257,6 +278,9 @@ def main() -> None:
                                          "bars": info["model"]["bars"]}
                 entry["round_trip"] = summary(round_trips(port, args.requests, z_dim))
                 print(f"{model}: {entry['round_trip']}", flush=True)
+                entry["model_only_in_process"] = summary(
+                    model_only(path, args.requests, args.threads, args.device))
+                print(f"{model} model only: {entry['model_only_in_process']}", flush=True)
                 entry["flood"] = flood(port, z_dim, args.flood_rate, args.flood_seconds)
                 print(f"{model} flood: {entry['flood']}", flush=True)
                 goal = GOALS_P99_MS.get(info["preset"])

@@ -8,6 +8,8 @@ SIGTERM.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import signal
 import socket
@@ -84,7 +86,10 @@ class OscServer:
                     return
                 _LOGGER.debug("receive failed: %s", e)
                 continue
-            self.core.handle_datagram(data, sender)
+            try:
+                self.core.handle_datagram(data, sender)
+            except Exception:  # handle_datagram answers errors itself; this is a bug
+                _LOGGER.exception("handling a datagram from %s failed", sender)
 
     def close(self) -> None:
         """Stop every thread (a playing note gets its note-off) and close the socket."""
@@ -126,15 +131,21 @@ def warm_up(vae: MelodyVAE, max_batch: int = 4) -> float:
     return time.perf_counter() - start
 
 
+def resolve_host(host: str) -> str:
+    """The numeric address of ``host``."""
+    try:
+        return str(socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][4][0])
+    except OSError as e:
+        raise ServerStartError(f"--reply-host {host}: cannot resolve it ({e})") from e
+
+
 def set_threads(threads: int | None) -> None:
     import torch
 
     if threads:
         torch.set_num_threads(threads)
-        try:
+        with contextlib.suppress(RuntimeError):  # already set, or parallel work ran
             torch.set_num_interop_threads(1)
-        except RuntimeError:  # already set, or parallel work already ran
-            pass
 
 
 def serve(options: ServeOptions) -> int:
@@ -146,6 +157,9 @@ def serve(options: ServeOptions) -> int:
         pick_device(options.device)
     except ValueError as e:
         raise ServerStartError(str(e)) from e
+    config = options.config
+    if config.reply_host:  # resolved once, not on every send
+        config = dataclasses.replace(config, reply_host=resolve_host(config.reply_host))
     sock = bind(options.host, options.port)
     try:
         set_threads(options.threads)
@@ -155,7 +169,7 @@ def serve(options: ServeOptions) -> int:
         sock.close()
         raise
     _LOGGER.info("warmed up in %.2f s", seconds)
-    server = OscServer(vae, options.host, options.port, options.config, sock)
+    server = OscServer(vae, options.host, options.port, config, sock)
 
     stop = threading.Event()
 
@@ -166,9 +180,9 @@ def serve(options: ServeOptions) -> int:
     try:
         server.start()
         reply = ""
-        if options.config.reply_host or options.config.reply_port:
-            reply = (f", replies to {options.config.reply_host or 'the sender'}"
-                     f":{options.config.reply_port or 'its port'}")
+        if config.reply_host or config.reply_port:
+            reply = (f", replies to {config.reply_host or 'the sender host'}"
+                     f":{config.reply_port or 'the sender port'}")
         print(f"melodyvae: listening on {server.host}:{server.port} (model {vae.name}, "
               f"{vae.bars} bars, latent {vae.z_dim}, device {vae.device.type}{reply})",
               flush=True)

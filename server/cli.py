@@ -43,7 +43,7 @@ def _folder(text: str) -> Path:
     return path
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Declare ``serve`` on the main parser."""
     p = sub.add_parser(
         "serve", help="serve a model over OSC (latent coordinates in, melodies out)",

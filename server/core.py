@@ -56,6 +56,7 @@ MAX_LOOKAHEAD_MS = 2000.0
 MAX_BEATS = 10_000.0  # note-list start and duration limit, in beats
 MAX_NAME = 64  # characters of a slot name
 MAX_PATH = 1024
+MAX_PING_ARGS = 16  # arguments /mvae/ping echoes back in /mvae/pong
 REPLY_ADDRESS = f"{PREFIX}/reply"
 CORNERS = ("A", "B", "C", "D")  # /mvae/blend slots: (0,0) (1,0) (0,1) (1,1)
 
@@ -238,8 +239,11 @@ class ServerCore:
 
     # ------------------------------------------------------------ handlers
     def _ping(self, client: ClientState, args: Args) -> None:
-        args.count(0)
-        self.send(encode_message(f"{PREFIX}/pong", "", []), client.key)
+        args.count(0, MAX_PING_ARGS)
+        tags = args.message.tags
+        if tags.strip("ifs"):
+            raise args.error("ping echoes only int, float and string arguments")
+        self.send(encode_message(f"{PREFIX}/pong", tags, list(args.values)), client.key)
 
     def _status(self, client: ClientState, args: Args) -> None:
         args.count(0)

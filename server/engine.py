@@ -175,7 +175,10 @@ class Engine:
                     self.cond.wait()
                 if self._stopping:
                     return
-            self.run_pending()
+            try:
+                self.run_pending()
+            except Exception:  # a bug here must not leave the server deaf
+                _LOGGER.exception("the model thread failed; going on")
 
     def _encode(self, jobs: list[EncodeJob]) -> None:
         try:
@@ -184,7 +187,7 @@ class Engine:
             self._fail(jobs, e)
             return
         self.stats.encoded += len(jobs)
-        for job, z in zip(jobs, zs):
+        for job, z in zip(jobs, zs, strict=True):
             with self.state_lock:
                 job.client.set_z(z)
             self.sink.z_ready(job, z)
@@ -201,7 +204,7 @@ class Engine:
                 z = np.stack([z for _, z in items]).astype(np.float32)  # (B, Z)
                 tokens = self.vae.decode_tokens(z, temperature, seed).cpu().numpy()  # (B, T)
                 melodies = [self.vae.melody_from_tokens(row, job.client.qpm)
-                            for job, row in zip(batch, tokens)]
+                            for job, row in zip(batch, tokens, strict=True)]
             except Exception as e:
                 self._fail(batch, e)
                 continue
@@ -210,7 +213,7 @@ class Engine:
             self.stats.max_batch = max(self.stats.max_batch, len(batch))
             if self.on_batch is not None:
                 self.on_batch(len(batch))
-            for job, melody in zip(batch, melodies):
+            for job, melody in zip(batch, melodies, strict=True):
                 self.sink.melody_ready(job, melody)
 
     def _fail(self, jobs: list[DecodeJob] | list[EncodeJob], error: Exception) -> None:

@@ -1,4 +1,4 @@
-"""``/mvae/encode/file``: melodies read from MIDI or WAV files inside ``--allow-dir``.
+"""``/mvae/encode/file``: melodies read from MIDI or audio files inside ``--allow-dir``.
 
 Reading a file (and above all transcribing audio) is slow next to a decode, so it runs on
 its own thread, one waiting file per client (latest wins); the melody it reads goes to the
@@ -21,7 +21,7 @@ from melodyvae.server.state import ClientState
 _LOGGER = logging.getLogger(__name__)
 
 MIDI_SUFFIXES = (".mid", ".midi")
-AUDIO_SUFFIXES = (".wav",)
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aif", ".aiff")  # what the transcriber reads
 
 
 class FileAccessError(MelodyVAEError):
@@ -43,14 +43,15 @@ def allowed_path(allow_dir: Path | None, name: str) -> Path:
     if not path.is_relative_to(root):
         raise FileAccessError(f"{name}: outside the allowed folder {root}")
     if path.suffix.lower() not in MIDI_SUFFIXES + AUDIO_SUFFIXES:
-        raise FileAccessError(f"{name}: not a .mid, .midi or .wav file")
+        raise FileAccessError(f"{name}: not a MIDI (.mid, .midi) or audio "
+                              f"(.wav, .flac, .ogg, .aif, .aiff) file")
     if not path.is_file():
         raise FileAccessError(f"{name}: no such file in {root}")
     return path
 
 
 def read_melody(path: Path) -> Melody:
-    """The melody of a MIDI file, or of a WAV file through the audio transcriber."""
+    """The melody of a MIDI file, or of an audio file through the transcriber."""
     if path.suffix.lower() in MIDI_SUFFIXES:
         from melodyvae.midi import read_midi
 
@@ -59,7 +60,7 @@ def read_melody(path: Path) -> Melody:
     try:
         from melodyvae.audio import transcribe
     except ImportError as e:
-        raise FileAccessError(f"WAV encoding is unavailable here ({e})") from e
+        raise FileAccessError(f"audio encoding is unavailable here ({e})") from e
     return transcribe(path, qpm=None)
 
 
@@ -122,4 +123,7 @@ class FileLoader:
                     self.cond.wait()
                 if self._stopping:
                     return
-            self.run_pending()
+            try:
+                self.run_pending()
+            except Exception:  # a bug here must not end the thread
+                _LOGGER.exception("the file thread failed; going on")

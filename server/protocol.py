@@ -230,7 +230,8 @@ class Args:
     def integer(self, i: int, name: str, low: int | None = None,
                 high: int | None = None) -> int:
         """Argument ``i`` as an int (a float is rounded) within ``low..high``."""
-        value = self.number(i, name)
+        raw = self.values[i]
+        value = raw if type(raw) is int else self.number(i, name)  # exact for int64 seeds
         whole = int(round(value))
         if (low is not None and whole < low) or (high is not None and whole > high):
             raise self.error(f"{name} (argument {i + 1}) must lie in "
@@ -279,7 +280,7 @@ def encode_message(address: str, tags: str, args: Sequence[Any]) -> bytes:
     if len(tags) != len(args):
         raise ValueError(f"{len(tags)} type tags for {len(args)} arguments")
     parts = [_pad_string(address), _pad_string("," + tags)]
-    for tag, value in zip(tags, args):
+    for tag, value in zip(tags, args, strict=True):
         if tag == "s":
             parts.append(_pad_string(str(value)))
         elif tag == "i":

@@ -123,11 +123,13 @@ def test_ping_status_and_stats(vae: MelodyVAE) -> None:
     wire = Wire(vae)
     wire.send("/mvae/ping")
     assert wire.replies() == [("/mvae/pong", (), CLIENT)]
+    wire.send("/mvae/ping", 7, 0.5, "x")  # echoed: a client can match pongs to pings
+    assert wire.replies() == [("/mvae/pong", (7, 0.5, "x"), CLIENT)]
     wire.send("/mvae/status")
     assert wire.one("/mvae/status") == ("tiny", 4, Z_DIM, "cpu", 16, 0)
     wire.send("/mvae/stats")
     stats = wire.one("/mvae/stats")
-    assert len(stats) == 10 and stats[0] == 3  # three datagrams received
+    assert len(stats) == 10 and stats[0] == 4  # four datagrams received
 
 
 def test_z_answers_with_the_melody_of_that_vector(vae: MelodyVAE) -> None:
@@ -165,7 +167,7 @@ def test_pd_floats_work_where_ints_are_meant(vae: MelodyVAE) -> None:
     wire.send("/mvae/sample", 0.7, 12, types="fi")
     assert wire.melodies()[0]["notes"] == as_floats
     wire.send("/mvae/z/i", 2.0, 1.5, types="ff")
-    assert wire.core.clients.get(CLIENT).z[2] == pytest.approx(1.5)  # type: ignore[union-attr]
+    assert wire.core.client(CLIENT).z[2] == pytest.approx(1.5)
 
 
 def test_sample_is_reproducible_by_seed_and_sets_z(vae: MelodyVAE) -> None:
@@ -235,10 +237,10 @@ def test_clients_that_ask_together_are_decoded_as_one_batch(vae: MelodyVAE) -> N
     assert batches == [4]
     assert {m["to"] for m in melodies} == set(vectors)
     for m in melodies:
-        z = np.zeros(Z_DIM, np.float32)
-        z[:3] = vectors[m["to"]]
+        vector = np.zeros(Z_DIM, np.float32)
+        vector[:3] = vectors[m["to"]]
         assert m["notes"] == [(p, v, pytest.approx(s), pytest.approx(d))
-                              for p, v, s, d in notes_of(vae, z)]  # batched == one by one
+                              for p, v, s, d in notes_of(vae, vector)]  # batched == one by one
 
 
 @pytest.mark.parametrize("address, args, types, reason", [
@@ -257,7 +259,8 @@ def test_clients_that_ask_together_are_decoded_as_one_batch(vae: MelodyVAE) -> N
     ("/mvae/seed", (-3,), None, "must lie in 0.."),
     ("/mvae/tempo", (1000.0,), None, "must lie in 20..400"),
     ("/mvae/lookahead", (1e9,), None, "must lie in 0..2000"),
-    ("/mvae/ping", (1,), None, "expects 0 arguments"),
+    ("/mvae/ping", (1.0,) * 17, None, "expects 0 to 16 arguments"),
+    ("/mvae/ping", (True,), None, "echoes only int, float and string"),
     ("/mvae/slot/recall", ("A",), None, "slot 'A' is empty"),
     ("/mvae/slot/store", ("",), None, "must not be empty"),
     ("/mvae/slot/store", ("x" * 65,), None, "longer than 64"),
@@ -291,7 +294,7 @@ def test_malformed_datagrams_get_an_error_and_the_server_goes_on(vae: MelodyVAE)
 
 def test_a_far_future_bundle_is_handled_at_once(vae: MelodyVAE) -> None:
     wire = Wire(vae)
-    builder = OscBundleBuilder(2_000_000_000.0)  # 2033
+    builder = OscBundleBuilder(2_000_000_000)  # 2033
     builder.add_content(OscMessageBuilder("/mvae/ping").build())
     builder.add_content(OscMessageBuilder("/mvae/nope").build())
     wire.core.handle_datagram(builder.build().dgram, CLIENT)
@@ -440,7 +443,7 @@ def test_encode_file_reads_midi_inside_allow_dir_only(vae: MelodyVAE, tmp_path: 
     for name, reason in [("../outside.mid", "outside the allowed folder"),
                          (str(tmp_path / "outside.mid"), "outside the allowed folder"),
                          ("link.mid", "outside the allowed folder"),
-                         ("notes.txt", "not a .mid, .midi or .wav"),
+                         ("notes.txt", "not a MIDI (.mid, .midi) or audio"),
                          ("missing.mid", "no such file")]:
         wire.send("/mvae/encode/file", name)
         assert reason in wire.error()
@@ -455,7 +458,16 @@ def test_encode_file_wav_without_a_transcriber_says_so(
     monkeypatch.setitem(sys.modules, "melodyvae.audio", None)  # import fails
     wire = Wire(vae, allow_dir=tmp_path)
     wire.send("/mvae/encode/file", "take.wav")
-    assert "WAV encoding is unavailable" in wire.error()
+    assert "audio encoding is unavailable" in wire.error()
+
+
+def test_encode_file_passes_transcriber_errors_on(vae: MelodyVAE, tmp_path: Path) -> None:
+    pytest.importorskip("melodyvae.audio")
+    (tmp_path / "take.wav").write_bytes(b"RIFF not really a wave file")
+    wire = Wire(vae, allow_dir=tmp_path)
+    wire.send("/mvae/encode/file", "take.wav")
+    reason = wire.error()
+    assert "take.wav" in reason and "unavailable" not in reason
 
 
 def test_a_model_failure_is_an_error_reply_not_a_crash(

@@ -38,7 +38,7 @@ Event = tuple[float, str, tuple[Any, ...]]
 
 def events(sent: list[tuple[bytes, Any]]) -> list[Event]:
     """(time, address, args) of every note message, flattened from the bundles."""
-    out = []
+    out: list[Event] = []
     for data, _ in sent:
         bundle = OscBundle(data)
         at = timetag_seconds(data[8:16])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import struct
 import time
+from typing import Any
 
 import pytest
 from pythonosc.osc_bundle import OscBundle
@@ -27,7 +28,7 @@ from melodyvae.server.protocol import (
 )
 
 
-def build(address: str, *args: object, types: str | None = None) -> bytes:
+def build(address: str, *args: Any, types: str | None = None) -> bytes:
     builder = OscMessageBuilder(address)
     for i, value in enumerate(args):
         builder.add_arg(value, types[i] if types else None)
@@ -35,7 +36,7 @@ def build(address: str, *args: object, types: str | None = None) -> bytes:
 
 
 def bundle(*elements: bytes, at: float = IMMEDIATELY) -> bytes:
-    builder = OscBundleBuilder(at)
+    builder = OscBundleBuilder(at)  # type: ignore[arg-type]  # it takes float seconds
     for element in elements:
         parsed = OscBundle(element) if element.startswith(b"#bundle") else OscMessage(element)
         builder.add_content(parsed)
