@@ -1,1 +1,11 @@
-"""The OSC server (installed as melodyvae.server)."""
+"""The OSC server (installed as melodyvae.server); the address space is in docs/osc.md.
+
+protocol.py  parse datagrams, check arguments, pack replies
+state.py     per-client latent coordinates, settings and slots (all bounded)
+engine.py    latest-wins request slots and batched encode / decode on one model thread
+playback.py  the tempo clock: looping melodies as timetagged note bundles
+files.py     /mvae/encode/file inside --allow-dir, on its own thread
+core.py      the dispatch function and replies, without a socket (tests drive it directly)
+app.py       the UDP socket, threads and process lifecycle (``melodyvae serve``)
+cli.py       the ``serve`` subcommand's arguments
+"""
