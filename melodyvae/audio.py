@@ -8,14 +8,18 @@ Transcription is monophonic:
 
 1. the file is read with soundfile (any sample rate, mono or stereo: channels are averaged),
    resampled to 22,050 Hz with ``torchaudio.functional.resample`` and peak-normalised;
-2. librosa's pYIN gives a pitch and a voiced/unvoiced decision every 256 samples (11.6 ms);
-   frames more than 40 dB below the loudest frame count as silence;
-3. a note begins where the rounded MIDI pitch changes or where voicing starts, and also where
-   the energy jumps inside one pitch (a repeated note); pitch blips shorter than 35 ms are
-   absorbed by the note that follows them;
-4. the tempo is librosa's estimate from the onset envelope (folded into 60-180 qpm) unless
-   given, and note onsets and ends are rounded to the 16th-note grid, counting from the first
-   note: leading silence is dropped and the first note lands on the first downbeat.
+2. librosa's pYIN (46 ms window, C2-C7, quarter-semitone bins) gives a pitch and a
+   voiced/unvoiced decision every 256 samples (11.6 ms); frames more than 40 dB below the
+   loudest frame count as silence;
+3. a note begins where the rounded MIDI pitch changes or where voicing starts, moved to an
+   energy onset found up to 100 ms before it (the previous note may ring on); pitch runs
+   under 60 ms (glides) join the note after them, and runs under 150 ms whole octaves from
+   a neighbour (tracker slips at attacks) join that neighbour; inside one pitch, an onset
+   where the level jumps 1.4x, or as strong as half a typical attack, starts a repeated note;
+4. the tempo is librosa's estimate from the onset envelope (folded into 60-180 qpm and
+   rounded to a whole number) unless given, and note onsets and ends are rounded to the
+   16th-note grid, counting from the first note: leading silence is dropped and the first
+   note lands on the first downbeat.
 """
 
 from __future__ import annotations
@@ -538,7 +542,7 @@ def transcribe_array(audio: np.ndarray, sample_rate: int, qpm: float | None = No
     estimated = qpm is None
     if qpm is None:
         tempo = librosa.feature.tempo(onset_envelope=envelope, sr=sr, hop_length=HOP)
-        qpm = round(fold_tempo(float(np.atleast_1d(tempo)[0])), 1)
+        qpm = float(round(fold_tempo(float(np.atleast_1d(tempo)[0]))))  # whole qpm
     step = 60.0 / qpm / STEPS_PER_QUARTER
     origin = notes_s[0][0]
     peak = max(level for *_, level in notes_s)

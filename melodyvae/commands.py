@@ -14,7 +14,7 @@ Conventions shared by the commands:
 * batches decode on the model's device in chunks of ``--batch-size`` phrases; a run is
   fixed by its seed (a seed is drawn and printed when none is given), so the same command
   with the same seed writes byte-identical files;
-* MIDI files are written by :func:`write_mono_midi`: 480 ticks per quarter note, one piano
+* MIDI files are written by :func:`melodyvae.midi.write_midi`: 480 ticks per quarter note, one piano
   track whose note-offs precede note-ons at the same tick.
 """
 
@@ -107,17 +107,17 @@ def _check_files(*paths: Path) -> None:
             raise CommandError(f"{path}: not a file")
 
 
-def _prepare_dir(path: Path) -> Path:
+def _check_dir(path: Path) -> Path:
+    """An output folder must be a folder or not exist yet; it is made once work begins."""
     if path.exists() and not path.is_dir():
         raise CommandError(f"{path}: exists and is not a folder")
-    path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def _prepare_parent(path: Path) -> None:
-    if path.exists() and path.is_dir():
+def _check_out_file(path: Path) -> None:
+    """An output file must not be a folder; its folder is made once work begins."""
+    if path.is_dir():
         raise CommandError(f"{path}: is a folder, give a file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
 
 
 def _check_synth(args: argparse.Namespace) -> None:
@@ -204,33 +204,6 @@ def decode_batches(vae: MelodyVAE, z: np.ndarray, temperature: float, seed: int,
         yield tokens.cpu().numpy()
 
 
-def negative_elbo_bits(vae: MelodyVAE, tokens: np.ndarray, batch_size: int = SCORE_BATCH
-                       ) -> np.ndarray:
-    """Negative ELBO of each phrase in bits: (N, T) tokens -> (N,).
-
-    (reconstruction NLL + KL(q(z|x) || N(0, I))) / ln 2, where the NLL is taken with the
-    decoder teacher-forced at the posterior mean (not a posterior sample), so a phrase always
-    gets the same score. Higher means the model finds the phrase more unusual.
-    """
-    import numpy as np
-    import torch
-
-    from melodyvae.model import kl_divergence, reconstruction_nll
-
-    model = vae.model
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(tokens), batch_size):
-            x = torch.as_tensor(np.asarray(tokens[start:start + batch_size]),
-                                dtype=torch.long, device=vae.device)
-            mu, logvar = model.encode(x)
-            logits = model.decoder(mu, x)  # (B, T, V)
-            nats = reconstruction_nll(logits, x) + kl_divergence(mu.float(), logvar.float())
-            out.append((nats / math.log(2.0)).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0)
-
-
 def percentile_of(bits: float, heldout: Sequence[float] | None) -> float | None:
     """Share (%) of held-out phrases scoring lower than ``bits``; ``heldout`` is sorted.
     None without a reference."""
@@ -239,44 +212,6 @@ def percentile_of(bits: float, heldout: Sequence[float] | None) -> float | None:
     return 100.0 * bisect.bisect_left(heldout, bits) / len(heldout)
 
 
-MIDI_TICKS_PER_QUARTER = 480  # resolution of the files these commands write
-
-
-def write_mono_midi(melody: Melody, path: Path, program: int = 0) -> None:
-    """Write ``melody`` as a two-track Standard MIDI File (tempo map, then one piano track).
-
-    Written with mido at a fixed 480 ticks per quarter note, and at each tick every
-    note-off comes before any note-on, so a reader that follows the event stream never sees
-    two notes at once (pretty_midi orders same-tick events by pitch instead). The same
-    melody always gives the same bytes.
-    """
-    import mido
-
-    ticks_per_step = MIDI_TICKS_PER_QUARTER // melody.steps_per_quarter
-    tempo_track = mido.MidiTrack([
-        mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(melody.qpm), time=0),
-        mido.MetaMessage("time_signature", numerator=melody.time_signature[0],
-                         denominator=melody.time_signature[1], time=0),
-        mido.MetaMessage("end_of_track", time=0),
-    ])
-    events: list[tuple[int, int, mido.Message]] = []  # (tick, 0 = off / 1 = on, message)
-    for note in melody.notes:
-        events.append((note.start * ticks_per_step, 1,
-                       mido.Message("note_on", note=note.pitch, velocity=note.velocity)))
-        events.append((note.end * ticks_per_step, 0,
-                       mido.Message("note_off", note=note.pitch, velocity=0)))
-    events.sort(key=lambda e: (e[0], e[1]))
-    track = mido.MidiTrack([mido.MetaMessage("track_name", name="melody", time=0),
-                            mido.Message("program_change", program=program, time=0)])
-    now = 0
-    for tick, _, message in events:
-        track.append(message.copy(time=tick - now))
-        now = tick
-    end = max(now, melody.total_steps * ticks_per_step)
-    track.append(mido.MetaMessage("end_of_track", time=end - now))
-    midi = mido.MidiFile(type=1, ticks_per_beat=MIDI_TICKS_PER_QUARTER)
-    midi.tracks.extend([tempo_track, track])
-    midi.save(str(path))
 
 
 class _Writer:
@@ -292,7 +227,10 @@ class _Writer:
         self.counts = {"mid": 0, "wav": 0, "png": 0}
 
     def write(self, melody: Melody, midi_path: Path, title: str) -> None:
-        write_mono_midi(melody, midi_path)
+        from melodyvae.midi import write_midi
+
+        midi_path.parent.mkdir(parents=True, exist_ok=True)
+        write_midi(melody, midi_path)
         self.counts["mid"] += 1
         if self.wav:
             from melodyvae.audio import render_midi
@@ -331,6 +269,7 @@ def _progress(total: int, desc: str, quiet: bool) -> Any:
 
 def _write_batch(vae: MelodyVAE, z: np.ndarray, args: argparse.Namespace, seed: int,
                  out: Path, stem: str, qpm: float, desc: str) -> _Writer:
+    out.mkdir(parents=True, exist_ok=True)
     writer = _Writer(args, vae.name)
     width = max(3, len(str(len(z) - 1)))
     with _progress(len(z), desc, args.quiet) as bar:
@@ -350,7 +289,7 @@ def _write_batch(vae: MelodyVAE, z: np.ndarray, args: argparse.Namespace, seed: 
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    out = _prepare_dir(args.out)
+    out = _check_dir(args.out)
     _check_synth(args)
     seed = _resolve_seed(args.seed)
     vae = load_model(args)
@@ -369,7 +308,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     if args.steps < 2:
         raise CommandError("--steps must be at least 2 (the two ends)")
     _check_files(args.start, args.end)
-    out = _prepare_dir(args.out)
+    out = _check_dir(args.out)
     _check_synth(args)
     seed = _resolve_seed(args.seed)
     vae = load_model(args)
@@ -395,7 +334,7 @@ def cmd_vary(args: argparse.Namespace) -> int:
     import numpy as np
 
     _check_files(args.input)
-    out = _prepare_dir(args.out)
+    out = _check_dir(args.out)
     _check_synth(args)
     seed = _resolve_seed(args.seed)
     vae = load_model(args)
@@ -414,7 +353,7 @@ def cmd_vary(args: argparse.Namespace) -> int:
 def cmd_encode(args: argparse.Namespace) -> int:
     _check_files(args.input)
     if args.out is not None:
-        _prepare_parent(args.out)
+        _check_out_file(args.out)
     vae = load_model(args)
     melody, source = read_melody(args.input, args.qpm)
     z = vae.encode(melody)
@@ -422,6 +361,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
            "z": [float(v) for v in z]}
     text = json.dumps(doc)
     if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
         print(f"{args.out}: {vae.z_dim}-number latent vector of {args.input.name} "
               f"({source}; {_phrase_note(vae, melody)}) in {vae.name}")
@@ -461,7 +401,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     import numpy as np
 
     values, named_model = _read_z(args.z_json)
-    _prepare_parent(args.out)
+    _check_out_file(args.out)
     _check_synth(args)
     if args.model is None and named_model is not None:
         from melodyvae.inference import shipped_models
@@ -478,12 +418,14 @@ def cmd_decode(args: argparse.Namespace) -> int:
     melody = vae.melody_from_tokens(tokens[0], args.qpm)
     writer = _Writer(args, vae.name)
     writer.write(melody, args.out, f"{args.out.stem}  ({vae.name})")
-    extras = [f"{kind} {args.out.with_suffix('.' + kind).name}"
-              for kind in ("wav", "png") if writer.counts[kind]]
+    extras = []
+    if writer.counts["wav"]:
+        extras.append(f"{args.out.with_suffix('.wav').name} ({writer.rendered_with})")
+    if writer.counts["png"]:
+        extras.append(args.out.with_suffix(".png").name)
     print(f"{args.out}: {len(melody.notes)} notes, {vae.bars} bars from {vae.name}"
           + (f" (temperature {args.temperature:g}, seed {seed})" if args.temperature else "")
-          + (f"; also {', '.join(extras)}" if extras else "")
-          + (f", rendered with {writer.rendered_with}" if writer.counts["wav"] else ""))
+          + (f"; also {', '.join(extras)}" if extras else ""))
     return 0
 
 
@@ -512,7 +454,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             found += 1
         if not found:
             raise CommandError(f"{path}: no notes to score")
-    bits = negative_elbo_bits(vae, np.stack(tokens), args.batch_size)
+    bits = vae.negative_elbo_bits(np.stack(tokens), args.batch_size)
     for row, b in zip(rows, bits, strict=True):
         row["bits"] = round(float(b), 3)
         pct = percentile_of(float(b), heldout)
@@ -540,8 +482,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     from melodyvae.audio import choose_synth, render_midi
 
     _check_files(args.input)
-    _prepare_parent(args.output)
+    _check_out_file(args.output)
     choose_synth(args.synth, args.soundfont)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
     result = render_midi(args.input, args.output, args.synth, args.soundfont,
                          args.sample_rate)
     print(f"{args.output}: {result.seconds:.1f} s at {result.sample_rate} Hz, rendered with "
@@ -551,11 +494,13 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from melodyvae.audio import transcribe_file
+    from melodyvae.midi import write_midi
 
     _check_files(args.input)
-    _prepare_parent(args.output)
+    _check_out_file(args.output)
     result = transcribe_file(args.input, args.qpm)
-    write_mono_midi(result.melody, args.output)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    write_midi(result.melody, args.output)
     if args.png:
         from melodyvae.pianoroll import save_pianoroll
 

@@ -8,6 +8,7 @@ needs speed can use the token and tensor layers (``encode_tokens``, ``decode_tok
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -152,6 +153,27 @@ class MelodyVAE:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(0 if seed is None else int(seed))
         return self.model.sample(zt, temperature, generator)
+
+    @torch.no_grad()
+    def negative_elbo_bits(self, tokens: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Negative ELBO of each phrase in bits: (N, T) tokens -> (N,).
+
+        (reconstruction NLL + KL(q(z|x) || N(0, I))) / ln 2, the NLL taken with the decoder
+        teacher-forced at the posterior mean (not a posterior sample), so a phrase always
+        gets the same score. Higher means the model finds the phrase more unusual.
+        """
+        from melodyvae.model import kl_divergence, reconstruction_nll
+
+        self.model.eval()
+        out = []
+        for start in range(0, len(tokens), batch_size):
+            x = torch.as_tensor(np.asarray(tokens[start : start + batch_size]),
+                                dtype=torch.long, device=self.device)
+            mu, logvar = self.model.encode(x)
+            nll = reconstruction_nll(self.model.decoder(mu, x), x)
+            bits = (nll + kl_divergence(mu, logvar)) / math.log(2.0)
+            out.append(bits.float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
     def melody_from_tokens(self, tokens: Sequence[int] | np.ndarray, qpm: float = 120.0
                            ) -> Melody:

@@ -162,6 +162,41 @@ def melody_to_pretty_midi(melody: Melody, program: int = 0) -> pretty_midi.Prett
     return pm
 
 
+MIDI_TICKS_PER_QUARTER = 480  # resolution of the files melodyvae writes
+
+
 def write_midi(melody: Melody, path: str | os.PathLike[str], program: int = 0) -> None:
-    """Write ``melody`` as a Standard MIDI File."""
-    melody_to_pretty_midi(melody, program).write(str(path))
+    """Write ``melody`` as a two-track Standard MIDI File (tempo map, then the melody).
+
+    Written with mido at 480 ticks per quarter note; at each tick every note-off comes
+    before any note-on, so a reader that follows the event stream never sees two notes at
+    once (pretty_midi orders same-tick events by pitch instead). The same melody always
+    gives the same bytes.
+    """
+    import mido
+
+    ticks_per_step = MIDI_TICKS_PER_QUARTER // melody.steps_per_quarter
+    tempo_track = mido.MidiTrack([
+        mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(melody.qpm), time=0),
+        mido.MetaMessage("time_signature", numerator=melody.time_signature[0],
+                         denominator=melody.time_signature[1], time=0),
+        mido.MetaMessage("end_of_track", time=0),
+    ])
+    events: list[tuple[int, int, mido.Message]] = []  # (tick, 0 = off / 1 = on, message)
+    for note in melody.notes:
+        events.append((note.start * ticks_per_step, 1,
+                       mido.Message("note_on", note=note.pitch, velocity=note.velocity)))
+        events.append((note.end * ticks_per_step, 0,
+                       mido.Message("note_off", note=note.pitch, velocity=0)))
+    events.sort(key=lambda e: (e[0], e[1]))
+    track = mido.MidiTrack([mido.MetaMessage("track_name", name="melody", time=0),
+                            mido.Message("program_change", program=program, time=0)])
+    now = 0
+    for tick, _, message in events:
+        track.append(message.copy(time=tick - now))
+        now = tick
+    end = max(now, melody.total_steps * ticks_per_step)
+    track.append(mido.MetaMessage("end_of_track", time=end - now))
+    midi = mido.MidiFile(type=1, ticks_per_beat=MIDI_TICKS_PER_QUARTER)
+    midi.tracks.extend([tempo_track, track])
+    midi.save(str(path))

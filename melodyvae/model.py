@@ -75,8 +75,10 @@ def _pick(logits: Tensor, temperature: float, generator: torch.Generator | None)
     """(N, V) logits -> (N,) token ids."""
     if temperature <= 0.0:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    # inverse CDF: one uniform draw per row (multinomial draws one exponential per class)
+    cdf = torch.softmax(logits.float() / temperature, dim=-1).cumsum_(dim=-1)  # (N, V)
+    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * cdf[:, -1:]
+    return (cdf < u).sum(dim=-1).clamp_(max=cdf.shape[1] - 1)
 
 
 class _StateInit(nn.Module):
@@ -149,9 +151,13 @@ class _LSTMStack:
 
     @staticmethod
     def _cell(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-        i, f, g, o = gates.chunk(4, dim=1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(c), c
+        # tanh(x) = 2 sigmoid(2x) - 1: one sigmoid pass over all four gates; CPU tanh is
+        # several times slower than sigmoid. gates is a fresh tensor, changed in place.
+        h = c.shape[1]
+        gates[:, 2 * h:3 * h].mul_(2.0)
+        i, f, g, o = gates.sigmoid_().chunk(4, dim=1)
+        c = torch.addcmul(f * c, i, g.mul(2.0).sub_(1.0))
+        return o * torch.sigmoid(c * 2.0).mul_(2.0).sub_(1.0), c
 
     def step(self, input_gates: Tensor, h: list[Tensor], c: list[Tensor]) -> Tensor:
         """input_gates (N, 4H) for layer 0; h, c: per-layer (N, H), updated in place.

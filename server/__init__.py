@@ -3,7 +3,8 @@
 protocol.py  parse datagrams, check arguments, pack replies
 state.py     per-client latent coordinates, settings and slots (all bounded)
 engine.py    latest-wins request slots and batched encode / decode on one model thread
-playback.py  the tempo clock: looping melodies as timetagged note bundles
+playback.py  the tempo clock: looping melodies and cued answers as timetagged note bundles
+live.py      live improvisation: performer notes in, an answer on the next phrase line
 files.py     /mvae/encode/file inside --allow-dir, on its own thread
 core.py      the dispatch function and replies, without a socket (tests drive it directly)
 app.py       the UDP socket, threads and process lifecycle (``melodyvae serve``)

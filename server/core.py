@@ -4,7 +4,9 @@
 thread, parses and checks a datagram, updates the sender's state and either answers at
 once (``/mvae/pong``, ``/mvae/status``, ``/mvae/error``...) or leaves a job for the engine,
 whose results come back through :meth:`melody_ready` / :meth:`z_ready` on the worker
-thread. Tests drive it without sockets: a list as ``send`` and ``engine.run_pending()``.
+thread. The live messages (``/mvae/listen``, ``/mvae/in/...``, ``/mvae/answer...``) are
+handled by the :class:`~melodyvae.server.live.Listener`. Tests drive it without sockets: a
+list as ``send``, ``live.run_due()``, ``engine.run_pending()`` and ``player.tick()``.
 
 Clients are told apart by where their replies go: the sender's address, unless
 ``--reply-host`` / ``--reply-port`` or a ``/mvae/reply`` message say otherwise (so several
@@ -29,6 +31,7 @@ from melodyvae.errors import MelodyVAEError
 from melodyvae.melody import Melody, from_note_list
 from melodyvae.server.engine import DecodeJob, EncodeJob, Engine
 from melodyvae.server.files import FileJob, FileLoader, allowed_path
+from melodyvae.server.live import Listener
 from melodyvae.server.playback import Player
 from melodyvae.server.protocol import (
     PREFIX,
@@ -95,6 +98,8 @@ class ServerCore:
         self.player = Player(self.send, clock)
         self.files = FileLoader(self._file_read, self.failed, self.config.max_clients)
         self.melody_ids = itertools.count(1)
+        self.live = Listener(vae, self.player, self.engine, self.lock, self.axes.attributes,
+                             self.send, self.error, lambda: next(self.melody_ids), clock)
         self.random = random.Random()  # seeds for /mvae/sample and /mvae/vary without one
         self.received = 0  # datagrams handled
         self.errors = 0  # /mvae/error replies sent
@@ -112,14 +117,17 @@ class ServerCore:
                 ("play", self._play), ("stop", self._stop),
             )
         }
+        self.handlers.update(self.live.handlers())  # /mvae/listen, /mvae/in/..., /mvae/answer
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
         self.engine.start()
         self.player.start()
         self.files.start()
+        self.live.start()
 
     def close(self) -> None:
+        self.live.stop()
         self.player.close()
         self.files.stop()
         self.engine.stop()
@@ -198,6 +206,7 @@ class ServerCore:
                      self.config.max_clients)
         self.engine.forget(key)
         self.player.stop(key)
+        self.live.forget(key)
 
     # ------------------------------------------------------------ engine results
     def melody_ready(self, job: DecodeJob, melody: Melody) -> None:
@@ -395,12 +404,13 @@ class ServerCore:
     def _tempo(self, client: ClientState, args: Args) -> None:
         args.count(1)
         client.qpm = args.number(0, "qpm", *QPM_RANGE)
-        self.player.set_tempo(client.key, client.qpm)
+        self.live.set_tempo(client, self.player.set_tempo(client.key, client.qpm))
 
     def _lookahead(self, client: ClientState, args: Args) -> None:
         args.count(1)
         client.lookahead = args.number(0, "milliseconds", 0.0, MAX_LOOKAHEAD_MS) / 1000.0
         self.player.set_lookahead(client.key, client.lookahead)
+        self.live.wake()  # answer deadlines depend on it
 
     def _play(self, client: ClientState, args: Args) -> None:
         args.count(0)

@@ -6,6 +6,9 @@ pending decode per client; the stale ones are dropped and counted). The worker t
 waiting job at once, encodes the note lists among them as one batch, then decodes the
 latent vectors as one batch per (temperature, seed) group — greedy decodes of all clients
 share one batch — and hands each result to the :class:`Sink`.
+
+Live answers come as *tasks*: model work with a deadline (see live.py), one waiting per
+client, run before the encodes and decodes waiting beside them.
 """
 
 from __future__ import annotations
@@ -121,6 +124,7 @@ class Engine:
         self.cond = threading.Condition()
         self.decodes: LatestWins[DecodeJob] = LatestWins(max_clients)
         self.encodes: LatestWins[EncodeJob] = LatestWins(max_clients)
+        self.tasks: LatestWins[Callable[[], None]] = LatestWins(max_clients)
         self.stats = EngineStats()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -138,24 +142,38 @@ class Engine:
             self.encodes.put(job.client.key, job)
             self.cond.notify()
 
+    def submit_task(self, key: Addr, task: Callable[[], None]) -> None:
+        """Model work with a deadline (a live answer); it runs before waiting jobs. The
+        task reports its own errors; a newer task of the same client replaces it."""
+        with self.cond:
+            self.tasks.put(key, task)
+            self.cond.notify()
+
     def forget(self, key: Addr) -> None:
         """Drop a client's waiting jobs (it was evicted)."""
         with self.cond:
             self.decodes.jobs.pop(key, None)
             self.encodes.jobs.pop(key, None)
+            self.tasks.jobs.pop(key, None)
 
     # ------------------------------------------------------------ worker side
     def run_pending(self) -> int:
         """Process every waiting job now; the number processed. (The worker's step; tests
         call it directly instead of starting the thread.)"""
         with self.cond:
+            tasks = self.tasks.take()
             encodes = self.encodes.take()
             decodes = self.decodes.take()
+        for task in tasks:
+            try:
+                task()
+            except Exception:  # tasks answer their own errors; this is a bug
+                _LOGGER.exception("a model task failed")
         if encodes:
             self._encode(encodes)
         if decodes:
             self._decode(decodes)
-        return len(encodes) + len(decodes)
+        return len(tasks) + len(encodes) + len(decodes)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="mvae-engine", daemon=True)
@@ -171,7 +189,8 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self.cond:
-                while not (self._stopping or self.decodes.jobs or self.encodes.jobs):
+                while not (self._stopping or self.decodes.jobs or self.encodes.jobs
+                           or self.tasks.jobs):
                     self.cond.wait()
                 if self._stopping:
                     return

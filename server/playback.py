@@ -7,6 +7,11 @@ that step's exact time, so a receiver that honours timetags plays it without jit
 melody waits for the first bar line not yet scheduled and takes over at the same bar
 position: morphs land in time. A tempo change keeps the next unscheduled step's time and
 stretches everything after it.
+
+A live answer is *cued* (:meth:`Player.cue`): it plays once, its first step exactly on a
+given bar line of the listener's clock, taking over from whatever played before; the
+bundle for that bar line is sent at once, so a cue accepted is a bar line sent at least one
+lookahead early. A cue that comes too late for that is refused.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from melodyvae.melody import STEPS_PER_QUARTER, Melody, Note
@@ -25,6 +30,7 @@ _LOGGER = logging.getLogger(__name__)
 
 MAX_LATE = 1.0  # seconds behind schedule after which the clock is re-anchored to now
 MIN_WAKE, MAX_WAKE = 0.002, 0.02  # seconds between scheduler passes while playing
+SAME_TIME = 1e-6  # seconds: step times closer than this are the same instant
 
 
 def note_on(pitch: int, velocity: int) -> bytes:
@@ -49,6 +55,8 @@ class Track:
     loop_start: int = 0  # absolute step where the current melody's step 0 last fell
     sounding: tuple[int, int] | None = None  # (pitch, absolute end step) of the last note-on
     starts: dict[int, Note] = field(default_factory=dict)  # the melody's notes by onset step
+    once: bool = False  # a cued answer: plays its melody once, then the track ends
+    tail: list[bytes] = field(default_factory=list)  # messages sent where a cued answer ends
 
     @property
     def seconds_per_step(self) -> float:
@@ -93,10 +101,13 @@ class Player:
         self._wake.set()
 
     def offer(self, key: Addr, melody: Melody) -> None:
-        """A new melody for a playing client: it takes over at the next bar line."""
+        """A new melody for a playing client: it takes over at the next bar line.
+
+        Ignored while a cued answer plays: answers are not interrupted by other melodies.
+        """
         with self.lock:
             track = self.tracks.get(key)
-            if track is None:
+            if track is None or track.once:
                 return
             if track.melody is None:
                 track.begin(melody, self.clock())
@@ -115,17 +126,23 @@ class Player:
                 self._send(key, encode_bundle([note_off(track.sounding[0])], at))
         return True
 
-    def set_tempo(self, key: Addr, qpm: float) -> None:
+    def set_tempo(self, key: Addr, qpm: float) -> tuple[int, float] | None:
+        """Change a client's tempo from its next unscheduled step on.
+
+        For a cued answer, whose steps are the listener clock's, returns that step and its
+        time, so the clock can turn at the same point; otherwise None.
+        """
         with self.lock:
             track = self.tracks.get(key)
             if track is None:
-                return
-            if track.melody is not None:
-                keep = track.time_of(track.next_step)
+                return None
+            if track.melody is None:
                 track.qpm = qpm
-                track.origin = keep - track.next_step * track.seconds_per_step
-            else:
-                track.qpm = qpm
+                return None
+            keep = track.time_of(track.next_step)
+            track.qpm = qpm
+            track.origin = keep - track.next_step * track.seconds_per_step
+            return (track.next_step, keep) if track.once else None
 
     def set_lookahead(self, key: Addr, seconds: float) -> None:
         with self.lock:
@@ -137,6 +154,44 @@ class Player:
         with self.lock:
             return key in self.tracks
 
+    def cue(self, key: Addr, melody: Melody, origin: float, qpm: float, start: int,
+            lookahead: float, head: Sequence[bytes] = (), tail: Sequence[bytes] = ()
+            ) -> float | None:
+        """Play ``melody`` once from step ``start`` of the clock ``origin + step * 60 / qpm
+        / 4`` (a bar line), cutting whatever plays there; send that bar line's bundle now.
+
+        ``head`` goes into the bar line's bundle (after the note-off of a cut note, before
+        the first note-on), ``tail`` into the bundle where the melody ends. Returns the
+        time the bar line's bundle was sent, or None — and nothing changes — when that
+        would be later than one ``lookahead`` before the bar line.
+        """
+        with self.lock:
+            now = self.clock()
+            seconds_per_step = 60.0 / qpm / STEPS_PER_QUARTER
+            at = origin + start * seconds_per_step
+            if now > at - lookahead:
+                return None
+            track = self.tracks.get(key)
+            if track is None:
+                track = self.tracks[key] = Track(key, qpm, lookahead)
+            prefix: list[bytes] = []
+            if track.melody is not None:
+                self._schedule(track, now)  # catch up first (re-anchors if far behind)
+                while (track.melody is not None
+                       and track.time_of(track.next_step) < at - SAME_TIME):
+                    self._schedule_step(track)  # what plays before the bar line, early
+                if track.once and track.melody is not None:
+                    prefix.extend(track.tail)  # an answer cut short by this one
+            track.qpm, track.lookahead, track.origin = qpm, lookahead, origin
+            track.next_step = track.loop_start = start
+            track.pending = None
+            track.once, track.tail = True, list(tail)
+            track._use(melody)
+            self._schedule_step(track, [*prefix, *head], cut=True)
+            sent = self.clock()
+        self._wake.set()
+        return sent
+
     # ------------------------------------------------------------ scheduling
     def tick(self, now: float | None = None) -> int:
         """Send every step due before ``now + lookahead``; the number of bundles sent."""
@@ -145,6 +200,8 @@ class Player:
         with self.lock:
             for track in self.tracks.values():
                 sent += self._schedule(track, now)
+            for key in [k for k, t in self.tracks.items() if t.once and t.melody is None]:
+                del self.tracks[key]  # a cued answer that has ended
         return sent
 
     def _schedule(self, track: Track, now: float) -> int:
@@ -156,16 +213,25 @@ class Player:
             track.origin = now + track.lookahead - track.next_step * track.seconds_per_step
         sent = 0
         horizon = now + track.lookahead
-        while track.time_of(track.next_step) <= horizon:
+        while track.melody is not None and track.time_of(track.next_step) <= horizon:
             sent += self._schedule_step(track)
         return sent
 
-    def _schedule_step(self, track: Track) -> int:
+    def _schedule_step(self, track: Track, head: Sequence[bytes] = (),
+                       cut: bool = False) -> int:
         assert track.melody is not None
         step = track.next_step
         track.next_step += 1
         position = step - track.loop_start
-        swapped = False
+        if track.once and position >= track.melody.total_steps:  # a cued answer ends
+            messages = [] if track.sounding is None else [note_off(track.sounding[0])]
+            track.sounding = None
+            track.melody = None
+            messages.extend(track.tail)
+            if messages:
+                self._send(track.key, encode_bundle(messages, track.time_of(step)))
+            return 1 if messages else 0
+        swapped = cut
         if track.pending is not None and position % track.melody.steps_per_bar == 0:
             if track.pending.total_steps != track.melody.total_steps:
                 track.loop_start, position = step, 0
@@ -180,6 +246,7 @@ class Player:
                 track.sounding[1] <= step or note is not None or swapped):
             messages.append(note_off(track.sounding[0]))
             track.sounding = None
+        messages.extend(head)
         if note is not None:
             messages.append(note_on(note.pitch, note.velocity))
             length = min(note.end, melody.total_steps) - local

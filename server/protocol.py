@@ -1,8 +1,10 @@
 """The OSC wire format the server speaks: parse datagrams, check arguments, build replies.
 
 Parsing stands on python-osc's :class:`~pythonosc.osc_message.OscMessage`; bundles are
-unpacked here (depth-limited, timetags ignored: a bundle's messages are handled when it
-arrives). Every failure, whatever python-osc raises for it (``ParseError``,
+unpacked here (depth-limited). A bundle's messages are handled when it arrives, never held
+back until its timetag; each message carries the timetag it came under
+(:attr:`Message.timetag`) for the handlers that place events in time (the live input).
+Every failure, whatever python-osc raises for it (``ParseError``,
 ``UnicodeDecodeError``, ``IndexError``, ``struct.error``...), becomes one
 :class:`OscProtocolError` with a reason the server sends back in ``/mvae/error``.
 
@@ -55,6 +57,9 @@ class Message:
     address: str
     args: tuple[Any, ...]
     tags: str  # the type tags without the leading comma
+    # Unix seconds of the innermost enclosing bundle's timetag; None outside a bundle or
+    # for the "immediately" timetag
+    timetag: float | None = None
 
 
 # ---------------------------------------------------------------------------- parsing
@@ -68,24 +73,27 @@ def parse_packet(data: bytes) -> list[Message | OscProtocolError]:
     that is neither a message nor a bundle gives a single error.
     """
     out: list[Message | OscProtocolError] = []
-    _parse_element(bytes(data), 0, out)
+    _parse_element(bytes(data), 0, out, None)
     if len(out) > MAX_MESSAGES_PER_PACKET:
         out[MAX_MESSAGES_PER_PACKET:] = [OscProtocolError(
             f"more than {MAX_MESSAGES_PER_PACKET} messages in one datagram; the rest ignored")]
     return out
 
 
-def _parse_element(data: bytes, depth: int, out: list[Message | OscProtocolError]) -> None:
+def _parse_element(data: bytes, depth: int, out: list[Message | OscProtocolError],
+                   timetag: float | None) -> None:
     if len(out) > MAX_MESSAGES_PER_PACKET:
         return
     if data.startswith(BUNDLE_TAG):
         if depth >= MAX_BUNDLE_DEPTH:
             out.append(OscProtocolError(f"bundles nested deeper than {MAX_BUNDLE_DEPTH}"))
             return
-        _parse_bundle(data, depth, out)
+        _parse_bundle(data, depth, out, timetag)
     elif data.startswith(b"/"):
         try:
-            out.append(parse_message(data))
+            message = parse_message(data)
+            out.append(message if timetag is None else
+                       Message(message.address, message.args, message.tags, timetag))
         except OscProtocolError as e:
             out.append(e)
     elif not data:
@@ -95,12 +103,16 @@ def _parse_element(data: bytes, depth: int, out: list[Message | OscProtocolError
                                     "#bundle)"))
 
 
-def _parse_bundle(data: bytes, depth: int, out: list[Message | OscProtocolError]) -> None:
-    # "#bundle\0", an 8-byte timetag (ignored), then elements: int32 size + contents.
+def _parse_bundle(data: bytes, depth: int, out: list[Message | OscProtocolError],
+                  outer: float | None) -> None:
+    # "#bundle\0", an 8-byte timetag, then elements: int32 size + contents.
     index = len(BUNDLE_TAG) + 8
     if len(data) < index:
         out.append(OscProtocolError("bundle too short for its timetag"))
         return
+    timetag = timetag_seconds(data[len(BUNDLE_TAG):index])
+    if timetag is None or timetag < 0:  # "immediately" (or 0, which some clients send
+        timetag = outer  # for it): the enclosing bundle's time, if any
     while index < len(data):
         if index + 4 > len(data):
             out.append(OscProtocolError("bundle element size cut short"))
@@ -111,7 +123,7 @@ def _parse_bundle(data: bytes, depth: int, out: list[Message | OscProtocolError]
             out.append(OscProtocolError(
                 f"bundle element of size {size} does not fit the datagram"))
             return
-        _parse_element(data[index:index + size], depth + 1, out)
+        _parse_element(data[index:index + size], depth + 1, out, timetag)
         index += size
 
 

@@ -160,9 +160,11 @@ class ClientState:
             raise AxesError(f"unknown axis {name!r}; the model has: {', '.join(self.axes.names)}")
         self.pcs[names.index(name)] = value
 
-    def store(self, name: str) -> None:
+    def store(self, name: str, z: np.ndarray | None = None) -> None:
+        """Keep ``z`` (default: the current vector) under ``name``; the oldest slot goes
+        past ``max_slots``."""
         self.slots.pop(name, None)
-        self.slots[name] = self.z.copy()
+        self.slots[name] = (self.z if z is None else np.asarray(z, np.float64)).copy()
         while len(self.slots) > self.max_slots:
             self.slots.popitem(last=False)
 

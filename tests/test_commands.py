@@ -113,7 +113,7 @@ def test_batched_decode_equals_one_by_one(ckpt: Path, tmp_path: Path,
         assert notes_of(f) == notes_of(tmp_path / "single" / f.name)
 
 
-# ------------------------------------------------------------------ encode / decode / vary / interpolate
+# ------------------------------------------------------------ encode, decode, vary, interpolate
 
 
 def test_encode_json_decodes_to_the_reconstruction(ckpt: Path, midi_files: tuple[Path, Path],

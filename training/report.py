@@ -12,34 +12,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from melodyvae.inference import MelodyVAE
-from melodyvae.model import kl_divergence, reconstruction_nll
 from melodyvae.training import quality
 from melodyvae.training.axes import attribute_table
 from melodyvae.training.corpus import Corpus
 from melodyvae.training.evaluate import evaluate_tokens
 
 _LOGGER = logging.getLogger(__name__)
-
-
-def negative_elbo_bits(vae: MelodyVAE, tokens: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Per phrase: (reconstruction NLL at the posterior mean + KL) / ln 2, in bits."""
-    import torch
-
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(tokens), batch):
-            x = torch.as_tensor(tokens[i : i + batch], dtype=torch.long, device=vae.device)
-            mu, logvar = vae.model.encode(x)
-            nll = reconstruction_nll(vae.model.decoder(mu, x), x)
-            out.append(((nll + kl_divergence(mu, logvar)) / math.log(2.0)).cpu().numpy())
-    return np.concatenate(out)
 
 
 def latent_map(vae: MelodyVAE, tokens: np.ndarray, attribute: str, path: Path) -> None:
@@ -83,7 +67,7 @@ def build_report(vae: MelodyVAE, corpus: Corpus, out: Path, n_samples: int = 100
         start_z = vae.encode_tokens(starts)[0].float().cpu().numpy()
         report["attributes"] = quality.attribute_matrix(vae, start_z)
         latent_map(vae, test[:2000], "note_density", out / "latent_map.png")
-    heldout = np.sort(negative_elbo_bits(vae, corpus.subset("valid")))
+    heldout = np.sort(vae.negative_elbo_bits(corpus.subset("valid")))
     report["novelty_reference_bits"] = {
         "n": int(len(heldout)),
         "median": float(np.median(heldout)),

@@ -22,7 +22,6 @@ from melodyvae.inference import MODELS_DIR, MelodyVAE
 from melodyvae.training.axes import axes_document
 from melodyvae.training.corpus import Corpus
 from melodyvae.training.evaluate import evaluate_tokens
-from melodyvae.training.report import negative_elbo_bits
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ def ship(checkpoint: Path, corpus: Corpus, name: str, out_dir: Path,
     axes = axes_document(mu, train)
     metrics = evaluate_tokens(ckpt.model, corpus.subset("test"))
     _LOGGER.info("test metrics %s", metrics)
-    heldout = np.sort(negative_elbo_bits(vae, corpus.subset("valid")))
+    heldout = np.sort(vae.negative_elbo_bits(corpus.subset("valid")))
     extra = {k: v for k, v in ckpt.info.items()
              if k not in ("format", "format_version", "preset", "description", "model",
                           "train", "representation")}

@@ -1,0 +1,586 @@
+"""Live improvisation: the server listens to a performer and answers each phrase on its bar line.
+
+A client that sends ``/mvae/listen 1`` gets a *live clock*: bar lines at known Unix times
+(step 0 where listening began, or wherever ``/mvae/sync`` put it), at the client's tempo.
+The performer's ``/mvae/in/noteon`` / ``/mvae/in/noteoff`` are placed on that clock — at
+their bundle's timetag when they come in a timed bundle, else when they arrive — and kept.
+
+Every *phrase line* (a bar line at a multiple of the model's length) is answered if
+anything was played in the phrase before it, and so is the first reachable bar line after
+``/mvae/answer``. At the line's *deadline* — the bar line less the client's lookahead less
+an estimate of the time an answer takes — the listener thread cuts what was played to the
+phrase (a note still held ends at the bar line) and hands a task to the model thread, which
+encodes the phrase, moves its latent vector by the answer mode, decodes, and cues the answer
+on the player to start exactly on the bar line (playback.py sends that bar line's bundle at
+once). An answer ready later than one lookahead before its bar line is dropped with
+``/mvae/error``, never played late.
+
+The estimate is ``SAFETY`` times the longest deadline-to-ready time of the last
+``SAMPLES`` answers (a calibration run stands in before the first) plus ``WAKE_MARGIN``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from melodyvae.errors import MelodyVAEError
+from melodyvae.melody import Melody, Note, monophonic
+from melodyvae.server.engine import Engine
+from melodyvae.server.playback import Player
+from melodyvae.server.protocol import PREFIX, Args, encode_message
+from melodyvae.server.state import Addr, AxesError, ClientState
+
+if TYPE_CHECKING:
+    from melodyvae.inference import MelodyVAE
+
+_LOGGER = logging.getLogger(__name__)
+
+MODES = ("echo", "contrast", "blend")
+ANSWER_ADDRESS = f"{PREFIX}/answer"  # where answer failures are reported
+DEFAULT_AMOUNT = 0.3  # echo: standard deviations of noise added to the phrase's z
+DEFAULT_ATTRIBUTE_AMOUNT = 1.0  # contrast: how far along the attribute vector
+DEFAULT_MIX = 0.5  # blend: 0 = the phrase played, 1 = the client's current z
+MAX_AMOUNT = 10.0
+MAX_NAME = 64
+MAX_NOTES = 512  # performer notes kept per client (the newest)
+MAX_SKEW = 10.0  # seconds a note's timetag may lie from the server's clock
+MAX_SYNC_BEAT = 1e6  # |beat| accepted by /mvae/sync
+MAX_DUE = 16  # phrase lines handled in one pass; past that the listener skips ahead
+DEFAULT_ESTIMATE = 0.05  # seconds an answer is assumed to take before anything is measured
+SAFETY = 1.5  # the estimate is SAFETY x the slowest recent answer ...
+WAKE_MARGIN = 0.01  # ... plus this many seconds for thread wake-ups
+MAX_ESTIMATE = 0.5  # seconds; a stall does not push deadlines further than this
+SAMPLES = 32  # answers the estimate looks back on
+SILENT_RETRIES = 3  # a silent answer is decoded again this often, sampled ...
+RETRY_TEMPERATURE = 1.0  # ... at least this hot, with the next seeds
+CALIBRATION_KEY: Addr = ("", 0)  # the engine slot of the calibration task
+
+
+class LiveError(MelodyVAEError):
+    """A live request the client's state does not allow (e.g. /mvae/answer unheard)."""
+
+
+@dataclass
+class LiveClock:
+    """Bar lines in Unix time: step ``s`` (a 16th) sounds at ``origin + s * seconds_per_step``;
+    step 0 is a bar line."""
+
+    qpm: float  # quarter notes per minute
+    origin: float  # Unix seconds of step 0
+
+    @property
+    def seconds_per_step(self) -> float:
+        return 60.0 / self.qpm / 4
+
+    def time_of(self, step: float) -> float:
+        return self.origin + step * self.seconds_per_step
+
+    def position(self, at: float) -> float:
+        """Where time ``at`` falls, in (fractional) steps."""
+        return (at - self.origin) / self.seconds_per_step
+
+    def set_tempo(self, qpm: float, step: float, at: float) -> None:
+        """Change the tempo so that ``step`` still falls at ``at``."""
+        self.qpm = qpm
+        self.origin = at - step * self.seconds_per_step
+
+
+@dataclass
+class Played:
+    """A performer's note; times are positions on the live clock in steps (not rounded)."""
+
+    pitch: int
+    velocity: int
+    on: float
+    off: float | None = None  # None while held
+
+
+@dataclass
+class Session:
+    """One client's listening state and answer settings."""
+
+    client: ClientState
+    clock: LiveClock
+    listening: bool = False
+    synced: bool = False  # the clock was set by /mvae/sync (listening does not move it)
+    mode: str = "echo"
+    amount: float = DEFAULT_AMOUNT
+    attribute: str | None = None
+    attribute_amount: float = DEFAULT_ATTRIBUTE_AMOUNT
+    mix: float = DEFAULT_MIX
+    notes: deque[Played] = field(default_factory=lambda: deque(maxlen=MAX_NOTES))
+    held: dict[int, Played] = field(default_factory=dict)  # sounding notes by pitch
+    next_line: int = 0  # the next phrase line (absolute step) to answer
+    requested: int | None = None  # a bar line /mvae/answer asked for
+    count: int = 0  # answers asked of the model (numbers their seeds)
+    answered: int = 0
+    dropped: int = 0  # not ready one lookahead before their bar line
+    silent: int = 0  # phrase lines where nothing had been played
+    failed: int = 0  # the model failed, or its answer stayed silent
+    worst_margin: float = math.inf  # seconds: the least time an answer was sent early
+
+    def press(self, pitch: int, velocity: int, at: float) -> None:
+        self.release(pitch, at)
+        played = Played(pitch, velocity, at)
+        self.notes.append(played)
+        self.held[pitch] = played
+
+    def release(self, pitch: int, at: float) -> None:
+        played = self.held.pop(pitch, None)
+        if played is not None:
+            played.off = at
+
+    def forget_notes(self) -> None:
+        self.notes.clear()
+        self.held.clear()
+
+    def call(self, line: int, steps: int, steps_per_bar: int) -> Melody | None:
+        """What was played in the ``steps`` before step ``line``, on the 16th grid and made
+        monophonic; notes still sounding end at ``line``. None when nothing was played."""
+        start = line - steps
+        grid = []
+        for played in self.notes:
+            on = round(played.on)
+            if not start <= on < line:
+                continue
+            off = line if played.off is None else min(line, round(played.off))
+            grid.append(Note(on - start, max(on + 1, off) - start, played.pitch,
+                             max(1, played.velocity)))
+        if not grid:
+            return None
+        return monophonic(grid, steps, steps_per_bar, self.clock.qpm)
+
+
+@dataclass
+class AnswerRequest:
+    """Everything the model thread needs for one answer, read when its deadline came."""
+
+    key: Addr
+    line: int  # the bar line it starts on (absolute step)
+    call: Melody  # the phrase played
+    mode: str
+    amount: float
+    attribute: str | None
+    attribute_amount: float
+    mix: float
+    z_now: np.ndarray  # the client's z (blend)
+    temperature: float
+    seed: int
+    deadline: float  # Unix seconds the request was due to be made
+    session: Session | None = None  # None: the calibration run
+
+
+def answer_begin(answer_id: int, bar: int, mode: str) -> bytes:
+    """``/mvae/answer/begin i id, i bar, s mode`` (in the answer's first bundle)."""
+    return encode_message(f"{PREFIX}/answer/begin", "iis", [answer_id, bar, mode])
+
+
+def answer_end(answer_id: int) -> bytes:
+    """``/mvae/answer/end i id`` (in the bundle where the answer ends)."""
+    return encode_message(f"{PREFIX}/answer/end", "i", [answer_id])
+
+
+Handler = Callable[[ClientState, Args], None]
+
+
+class Listener:
+    """Live clocks, performer notes and answer deadlines for every listening client.
+
+    Its state is guarded by the server's state lock (the handlers run under it); its thread
+    waits on a condition of that lock until the next deadline.
+    """
+
+    def __init__(self, vae: MelodyVAE, player: Player, engine: Engine,
+                 lock: threading.RLock, attributes: dict[str, np.ndarray],
+                 send: Callable[[bytes, Addr], None],
+                 error: Callable[[Addr, str, str], None], next_id: Callable[[], int],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.vae = vae
+        self.player = player
+        self.engine = engine
+        self.lock = lock
+        self.attributes = attributes
+        self.send = send
+        self.error = error
+        self.next_id = next_id
+        self.clock = clock
+        self.phrase_steps = vae.steps  # a phrase is the model's length
+        self.steps_per_bar = vae.steps_per_bar
+        self.sessions: dict[Addr, Session] = {}  # bounded by the client table (forget)
+        self.samples: deque[float] = deque(maxlen=SAMPLES)  # seconds, deadline to ready
+        self.calibrating = False
+        self.cond = threading.Condition(lock)
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------ lifecycle
+    def handlers(self) -> dict[str, Handler]:
+        return {f"{PREFIX}/{name}": handler for name, handler in (
+            ("in/noteon", self._noteon), ("in/noteoff", self._noteoff),
+            ("sync", self._sync), ("listen", self._listen), ("answer", self._answer_now),
+            ("answer/mode", self._mode), ("answer/amount", self._amount),
+            ("answer/attribute", self._attribute), ("answer/mix", self._mix),
+            ("answer/stats", self._stats),
+        )}
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="mvae-live", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        with self.cond:
+            self._stopping = True
+            self.cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def forget(self, key: Addr) -> None:
+        """Drop a client's session (it was evicted)."""
+        with self.lock:
+            self.sessions.pop(key, None)
+
+    @property
+    def estimate(self) -> float:
+        """Seconds an answer is expected to take from its deadline to being ready."""
+        if not self.samples:
+            return DEFAULT_ESTIMATE
+        return min(MAX_ESTIMATE, SAFETY * max(self.samples) + WAKE_MARGIN)
+
+    # ------------------------------------------------------------ from other handlers
+    def set_tempo(self, client: ClientState, anchor: tuple[int, float] | None) -> None:
+        """The client's tempo changed (``client.qpm``); ``anchor`` is the step and time the
+        player turned at, if an answer is playing, so both stay on one grid."""
+        session = self.sessions.get(client.key)
+        if session is None:
+            return
+        if anchor is None:
+            now = self.clock()
+            session.clock.set_tempo(client.qpm, session.clock.position(now), now)
+        else:
+            session.clock.set_tempo(client.qpm, *anchor)
+        self._replan(session)
+
+    def wake(self) -> None:
+        """Recompute deadlines (a client's lookahead changed). Call with the lock held."""
+        self.cond.notify()
+
+    # ------------------------------------------------------------ deadlines
+    def _lead(self, session: Session) -> float:
+        return session.client.lookahead + self.estimate
+
+    def _first_line(self, session: Session, every: int, now: float) -> int:
+        """The first multiple of ``every`` steps whose deadline is still ahead of ``now``."""
+        position = session.clock.position(now + self._lead(session))
+        return (math.floor(position / every) + 1) * every
+
+    def _replan(self, session: Session) -> None:
+        if session.listening:
+            now = self.clock()
+            session.next_line = self._first_line(session, self.phrase_steps, now)
+            if session.requested is not None:
+                session.requested = self._first_line(session, self.steps_per_bar, now)
+        self.cond.notify()
+
+    def run_due(self, now: float | None = None) -> float | None:
+        """Make every answer request whose deadline has come; the time of the next deadline
+        (None: none). The listener thread's step; call with the state lock held."""
+        now = self.clock() if now is None else now
+        wake: float | None = None
+        for session in list(self.sessions.values()):
+            if not session.listening:
+                continue
+            lead = self._lead(session)
+            clock = session.clock
+            if session.requested is not None and clock.time_of(session.requested) - lead <= now:
+                line, session.requested = session.requested, None
+                if line == session.next_line:
+                    session.next_line += self.phrase_steps
+                self._fire(session, line, lead, now, manual=True)
+            due = 0
+            while clock.time_of(session.next_line) - lead <= now:
+                line = session.next_line
+                session.next_line += self.phrase_steps
+                due += 1
+                if due > MAX_DUE:
+                    _LOGGER.warning("live clock of %s fell behind; skipping ahead",
+                                    session.client.key)
+                    session.next_line = self._first_line(session, self.phrase_steps, now)
+                    break
+                self._fire(session, line, lead, now, manual=False)
+            for waiting in (session.next_line, session.requested):
+                if waiting is not None:
+                    deadline = clock.time_of(waiting) - lead
+                    wake = deadline if wake is None else min(wake, deadline)
+        return wake
+
+    def _fire(self, session: Session, line: int, lead: float, now: float,
+              manual: bool) -> None:
+        client = session.client
+        bar = line // self.steps_per_bar
+        call = session.call(line, self.phrase_steps, self.steps_per_bar)
+        if call is None:
+            session.silent += 1
+            if manual:
+                self.error(client.key, ANSWER_ADDRESS,
+                           f"nothing was played in the {self.vae.bars} bars before bar {bar}; "
+                           f"silence is not answered")
+            return
+        bar_time = session.clock.time_of(line)
+        if now > bar_time - client.lookahead:  # the listener itself woke too late
+            session.dropped += 1
+            self.error(client.key, ANSWER_ADDRESS,
+                       f"answer for bar {bar} dropped: the server reached it "
+                       f"{(now - bar_time + lead) * 1000:.0f} ms after its deadline")
+            return
+        session.count += 1
+        request = AnswerRequest(
+            client.key, line, call, session.mode, session.amount, session.attribute,
+            session.attribute_amount, session.mix, client.z.copy(), client.temperature,
+            (client.seed + session.count) % 2**63, bar_time - lead, session)
+        self.engine.submit_task(client.key, lambda: self._answer(request))
+
+    def _loop(self) -> None:
+        with self.cond:
+            while not self._stopping:
+                try:
+                    wake = self.run_due()
+                except Exception:  # a bug here must not end listening for everyone
+                    _LOGGER.exception("live scheduling failed")
+                    wake = self.clock() + 0.1
+                self.cond.wait(None if wake is None else max(0.0, wake - self.clock()))
+
+    # ------------------------------------------------------------ model thread
+    def compose(self, request: AnswerRequest) -> tuple[Melody | None, np.ndarray, np.ndarray]:
+        """Encode the call, move its z by the mode, decode: (answer or None if it stayed
+        silent, z of the call, z of the answer). Runs on the model thread."""
+        z_call = np.asarray(self.vae.encode(request.call), np.float64)  # (Z,)
+        if request.mode == "echo":
+            noise = np.random.default_rng(request.seed).standard_normal(len(z_call))
+            z = z_call + request.amount * noise
+        elif request.mode == "contrast":
+            vector = self.attributes.get(request.attribute or "")
+            if vector is None:
+                raise AxesError(f"the model has no attribute {request.attribute!r}")
+            z = z_call + request.attribute_amount * vector
+        else:
+            from melodyvae.inference import slerp
+
+            z = slerp(z_call, request.z_now, request.mix)
+        temperature, seed = request.temperature, request.seed
+        for _ in range(1 + SILENT_RETRIES):
+            tokens = self.vae.decode_tokens(z[None].astype(np.float32), temperature, seed)
+            melody = self.vae.melody_from_tokens(tokens[0].cpu().numpy(), request.call.qpm)
+            if melody.notes:
+                return melody, z_call, z
+            temperature, seed = max(temperature, RETRY_TEMPERATURE), seed + 1
+        return None, z_call, z
+
+    def _answer(self, request: AnswerRequest) -> None:
+        key, bar = request.key, request.line // self.steps_per_bar
+        try:
+            melody, z_call, z = self.compose(request)
+        except MelodyVAEError as e:
+            self._failed(request, f"answer for bar {bar}: {e}")
+            return
+        except Exception as e:
+            _LOGGER.exception("answering %s failed", key)
+            self._failed(request, f"internal error: {type(e).__name__}: {e}")
+            return
+        ready = self.clock()
+        with self.lock:
+            self.samples.append(ready - request.deadline)
+            self.cond.notify()  # the estimate moved: deadlines may have too
+            session = request.session
+            if session is None or self.sessions.get(key) is not session or not session.listening:
+                return  # forgotten, or listening stopped meanwhile
+            if melody is None:
+                session.failed += 1
+                self.error(key, ANSWER_ADDRESS,
+                           f"answer for bar {bar} dropped: it came out silent "
+                           f"{1 + SILENT_RETRIES} times")
+                return
+            clock, lookahead = session.clock, session.client.lookahead
+            answer_id = self.next_id()
+            sent = self.player.cue(key, melody, clock.origin, clock.qpm, request.line,
+                                   lookahead, [answer_begin(answer_id, bar, request.mode)],
+                                   [answer_end(answer_id)])
+            bar_time = clock.time_of(request.line)
+            if sent is None:
+                session.dropped += 1
+                self.error(key, ANSWER_ADDRESS,
+                           f"answer for bar {bar} dropped: ready "
+                           f"{(ready - bar_time + lookahead) * 1000:.0f} ms too late to be "
+                           f"sent {lookahead * 1000:.0f} ms before its bar line")
+                return
+            session.answered += 1
+            session.worst_margin = min(session.worst_margin, bar_time - sent)
+            session.client.store("call", z_call)
+            session.client.store("answer", z)
+
+    def _failed(self, request: AnswerRequest, reason: str) -> None:
+        if request.session is None:
+            _LOGGER.warning("live calibration failed: %s", reason)
+            return
+        with self.lock:
+            request.session.failed += 1
+        self.error(request.key, ANSWER_ADDRESS, reason)
+
+    def _calibrate(self) -> None:
+        """Time one answer on a made-up phrase (after one untimed run that warms up)."""
+        notes = tuple(Note(s, s + 2, 60 + (s * 7) % 12) for s in range(0, self.phrase_steps, 2))
+        call = Melody(notes, self.phrase_steps, self.steps_per_bar)
+        request = AnswerRequest(CALIBRATION_KEY, self.phrase_steps, call, "echo",
+                                DEFAULT_AMOUNT, None, 0.0, 0.0, np.zeros(self.vae.z_dim), 0.0,
+                                0, 0.0)
+        try:
+            self.compose(request)
+            started = time.perf_counter()
+            self.compose(request)
+            elapsed = time.perf_counter() - started
+        except Exception:
+            _LOGGER.exception("live calibration failed")
+            return
+        with self.lock:
+            self.samples.append(elapsed)
+            self.cond.notify()
+        _LOGGER.info("an answer takes %.1f ms; answering %.0f ms ahead of the lookahead",
+                     elapsed * 1000, self.estimate * 1000)
+
+    # ------------------------------------------------------------ handlers (network thread)
+    def _session(self, client: ClientState) -> Session:
+        session = self.sessions.get(client.key)
+        if session is None or session.client is not client:
+            session = Session(client, LiveClock(client.qpm, self.clock()))
+            self.sessions[client.key] = session
+        return session
+
+    def _time(self, args: Args) -> float:
+        """When a message happened: its bundle's timetag, else now."""
+        now = self.clock()
+        at = args.message.timetag
+        if at is None:
+            return now
+        if abs(at - now) > MAX_SKEW:
+            raise args.error(f"timetag lies {at - now:+.1f} s from the server's clock (at most "
+                             f"{MAX_SKEW:g} s); send it outside a bundle to use its arrival")
+        return at
+
+    def _noteon(self, client: ClientState, args: Args) -> None:
+        args.count(2)
+        pitch = args.integer(0, "pitch", 0, 127)
+        velocity = args.integer(1, "velocity", 0, 127)
+        at = self._time(args)
+        session = self.sessions.get(client.key)
+        if session is None or not session.listening:
+            return  # notes count only while listening
+        if velocity == 0:  # MIDI's note-off
+            session.release(pitch, session.clock.position(at))
+        else:
+            session.press(pitch, velocity, session.clock.position(at))
+
+    def _noteoff(self, client: ClientState, args: Args) -> None:
+        args.count(1, 2)  # a release velocity is accepted and ignored
+        pitch = args.integer(0, "pitch", 0, 127)
+        at = self._time(args)
+        session = self.sessions.get(client.key)
+        if session is not None and session.listening:
+            session.release(pitch, session.clock.position(at))
+
+    def _sync(self, client: ClientState, args: Args) -> None:
+        args.count(1)
+        beat = args.number(0, "beat", -MAX_SYNC_BEAT, MAX_SYNC_BEAT)
+        at = self._time(args)
+        session = self._session(client)
+        clock = session.clock
+        origin = at - beat * 60.0 / clock.qpm
+        shift = (clock.origin - origin) / clock.seconds_per_step
+        for played in session.notes:  # the notes keep their times, so move on the grid
+            played.on += shift
+            if played.off is not None:
+                played.off += shift
+        clock.origin = origin
+        session.synced = True
+        self._replan(session)
+
+    def _listen(self, client: ClientState, args: Args) -> None:
+        args.count(1)
+        on = args.integer(0, "on", 0, 1)
+        at = self._time(args)
+        session = self._session(client)
+        if not on:
+            session.listening = False
+            session.requested = None
+            session.forget_notes()
+            return
+        if session.listening:
+            return
+        if not session.synced:  # a bar line where listening starts
+            session.clock = LiveClock(client.qpm, at)
+        session.forget_notes()
+        session.listening = True
+        self._replan(session)
+        if not self.calibrating:
+            self.calibrating = True
+            self.engine.submit_task(CALIBRATION_KEY, self._calibrate)
+
+    def _answer_now(self, client: ClientState, args: Args) -> None:
+        args.count(0)
+        session = self.sessions.get(client.key)
+        if session is None or not session.listening:
+            raise LiveError("not listening; send /mvae/listen 1 first")
+        session.requested = self._first_line(session, self.steps_per_bar, self.clock())
+        self.cond.notify()
+
+    def _require_attributes(self) -> None:
+        if not self.attributes:
+            raise AxesError("contrast needs the model's attribute vectors and it has none; "
+                            "run melodyvae axes MODEL")
+
+    def _mode(self, client: ClientState, args: Args) -> None:
+        args.count(1)
+        mode = args.string(0, "mode", MAX_NAME)
+        if mode not in MODES:
+            raise args.error(f"mode must be echo, contrast or blend, not {mode!r}")
+        if mode == "contrast":
+            self._require_attributes()
+        session = self._session(client)
+        if mode == "contrast" and session.attribute is None:
+            session.attribute = next(iter(self.attributes))
+        session.mode = mode
+
+    def _amount(self, client: ClientState, args: Args) -> None:
+        args.count(1)
+        self._session(client).amount = args.number(0, "amount", 0.0, MAX_AMOUNT)
+
+    def _attribute(self, client: ClientState, args: Args) -> None:
+        args.count(2)
+        name = args.string(0, "name", MAX_NAME)
+        amount = args.number(1, "amount", -MAX_AMOUNT, MAX_AMOUNT)
+        self._require_attributes()
+        if name not in self.attributes:
+            raise AxesError(f"unknown attribute {name!r}; the model has: "
+                            f"{', '.join(self.attributes)}")
+        session = self._session(client)
+        session.attribute, session.attribute_amount = name, amount
+
+    def _mix(self, client: ClientState, args: Args) -> None:
+        args.count(1)
+        self._session(client).mix = min(1.0, max(0.0, args.number(0, "mix")))
+
+    def _stats(self, client: ClientState, args: Args) -> None:
+        args.count(0)
+        session = self._session(client)
+        worst = session.worst_margin if math.isfinite(session.worst_margin) else 0.0
+        self.send(encode_message(
+            f"{PREFIX}/answer/stats", "iiiiff",
+            [session.answered, session.dropped, session.silent, session.failed,
+             self.estimate * 1000, worst * 1000]), client.key)
