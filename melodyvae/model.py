@@ -130,34 +130,46 @@ class _Linear:
 _MKLDNN_LINEAR = _mkldnn_linear_available()
 
 
+def _double_cell_rows(t: Tensor) -> Tensor:
+    """A copy of an LSTM gate weight or bias, (4H, ...) in PyTorch's i, f, g, o order, with
+    the cell-candidate rows g doubled: sigmoid of a doubled g gives tanh(g) = 2 sigmoid(2g) - 1
+    from the same sigmoid pass as the other gates."""
+    out = t.clone()
+    h = t.shape[0] // 4
+    out[2 * h : 3 * h] *= 2.0
+    return out
+
+
 class _LSTMStack:
     """One step of a stacked ``nn.LSTM`` at a time, from its weights (inference only).
 
-    The caller supplies layer 0's input projection (biases included), so inputs that are
-    constant per row or drawn from a small vocabulary can be projected once, not per step.
+    The caller supplies layer 0's input projection (biases included, cell rows doubled with
+    :func:`_double_cell_rows`), so inputs that are constant per row or drawn from a small
+    vocabulary can be projected once, not per step.
     """
 
     def __init__(self, rnn: nn.LSTM) -> None:
-        self.bias0 = _weight(rnn, "bias_ih_l0") + _weight(rnn, "bias_hh_l0")  # (4H,)
-        self.hh0 = _Linear(_weight(rnn, "weight_hh_l0"), torch.zeros_like(self.bias0))
+        self.bias0 = _double_cell_rows(_weight(rnn, "bias_ih_l0") + _weight(rnn, "bias_hh_l0"))
+        self.hh0 = _Linear(_double_cell_rows(_weight(rnn, "weight_hh_l0")),
+                           torch.zeros_like(self.bias0))
         self.upper = [
             _Linear(
-                torch.cat([_weight(rnn, f"weight_ih_l{k}"), _weight(rnn, f"weight_hh_l{k}")],
-                          dim=1),  # (4H, 2H)
-                _weight(rnn, f"bias_ih_l{k}") + _weight(rnn, f"bias_hh_l{k}"),
+                _double_cell_rows(torch.cat([_weight(rnn, f"weight_ih_l{k}"),
+                                             _weight(rnn, f"weight_hh_l{k}")], dim=1)),
+                _double_cell_rows(_weight(rnn, f"bias_ih_l{k}")
+                                  + _weight(rnn, f"bias_hh_l{k}")),
             )
             for k in range(1, rnn.num_layers)
         ]
 
     @staticmethod
     def _cell(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-        # tanh(x) = 2 sigmoid(2x) - 1: one sigmoid pass over all four gates; CPU tanh is
-        # several times slower than sigmoid. gates is a fresh tensor, changed in place.
-        h = c.shape[1]
-        gates[:, 2 * h:3 * h].mul_(2.0)
+        """gates (N, 4H) with doubled cell rows, a fresh tensor changed in place."""
+        # tanh(x) = 2 sigmoid(2x) - 1: CPU tanh is several times slower than sigmoid, so one
+        # sigmoid pass serves all four gates, and c' = f*c + i*(2 sig(2g) - 1).
         i, f, g, o = gates.sigmoid_().chunk(4, dim=1)
-        c = torch.addcmul(f * c, i, g.mul(2.0).sub_(1.0))
-        return o * torch.sigmoid(c * 2.0).mul_(2.0).sub_(1.0), c
+        c = torch.addcmul(f * c, i, g, value=2.0).sub_(i)
+        return torch.sigmoid(c * 2.0).mul_(2.0).sub_(1.0).mul_(o), c
 
     def step(self, input_gates: Tensor, h: list[Tensor], c: list[Tensor]) -> Tensor:
         """input_gates (N, 4H) for layer 0; h, c: per-layer (N, H), updated in place.
@@ -181,7 +193,7 @@ class _Stepper:
     def __init__(self, embed: nn.Embedding, rnn: nn.LSTM, out: nn.Linear) -> None:
         self.stack = _LSTMStack(rnn)
         e = embed.embedding_dim
-        w0 = _weight(rnn, "weight_ih_l0")
+        w0 = _double_cell_rows(_weight(rnn, "weight_ih_l0"))
         self.token_gates = embed.weight.detach() @ w0[:, :e].t()  # (V+1, 4H)
         self.cond_weight = w0[:, e:].t().contiguous()  # (C, 4H)
         self.out = _Linear(_weight(out, "weight"), _weight(out, "bias"))  # (H) -> (V)

@@ -1,0 +1,552 @@
+"""Live improvisation: performer notes in, an answer on the bar line where the phrase ends.
+
+Most tests drive the server core with a fake clock and no threads (the listener's
+``run_due``, the engine's ``run_pending`` and the player's ``tick`` by hand). The scripted
+performer plays over real UDP at 120 qpm with its notes in timetagged bundles, so its
+timing is exact however loaded the machine is. The models are untrained tiny ones: their
+answers are random but valid melodies, and the answer path guarantees at least one note
+(a silent decode is resampled; with these fixed seeds and phrases it always finds notes).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_checkpoint, random_tokens, scale_melody
+from pythonosc.osc_bundle_builder import OscBundleBuilder
+from pythonosc.osc_message_builder import OscMessageBuilder
+
+from melodyvae.inference import MelodyVAE
+from melodyvae.melody import Melody, Note
+from melodyvae.server.app import OscServer
+from melodyvae.server.core import ServerConfig, ServerCore
+from melodyvae.server.playback import Player
+from melodyvae.server.protocol import Message, encode_message, parse_packet, timetag_seconds
+from melodyvae.training.axes import axes_document
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = ("127.0.0.1", 50000)
+T0 = 1_800_000_000.0  # a fake "now" (Unix seconds)
+STEP = 0.125  # seconds per 16th at 120 qpm
+PHRASE = 64  # steps in the tiny 4-bar models
+GRID = 1e-4  # steps: how close a timetag must sit to the grid
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def vae(tmp_path_factory: pytest.TempPathFactory) -> MelodyVAE:
+    """No latent axes: contrast mode is refused."""
+    path = make_checkpoint(tmp_path_factory.mktemp("model") / "tiny.safetensors")
+    return MelodyVAE.load(path, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def vae_axes(tmp_path_factory: pytest.TempPathFactory, vae: MelodyVAE) -> MelodyVAE:
+    """The same weights with axes computed from random phrases (attribute vectors)."""
+    tokens = random_tokens(128, vae.steps)
+    mu, _ = vae.encode_tokens(tokens)
+    doc = axes_document(mu.numpy(), tokens)
+    path = make_checkpoint(tmp_path_factory.mktemp("model") / "tiny-axes.safetensors",
+                           extra={"axes": doc})
+    return MelodyVAE.load(path, device="cpu")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def osc(address: str, *args: Any) -> Any:
+    builder = OscMessageBuilder(address)
+    for value in args:
+        builder.add_arg(value)
+    return builder.build()
+
+
+def bundle(at: float, *messages: Any) -> bytes:
+    builder = OscBundleBuilder(at)
+    for message in messages:
+        builder.add_content(message)
+    return builder.build().dgram
+
+
+Event = tuple[float | None, str, tuple[Any, ...]]  # (timetag, address, args)
+
+
+class Wire:
+    """A ServerCore with a list for a socket and a fake clock."""
+
+    def __init__(self, vae: MelodyVAE) -> None:
+        self.clock = Clock()
+        self.sent: list[bytes] = []
+        self.core = ServerCore(vae, lambda data, addr: self.sent.append(data), ServerConfig(),
+                               clock=self.clock)
+
+    def send(self, address: str, *args: Any) -> None:
+        self.core.handle_datagram(osc(address, *args).dgram, KEY)
+
+    def send_at(self, at: float, address: str, *args: Any) -> None:
+        self.core.handle_datagram(bundle(at, osc(address, *args)), KEY)
+
+    def play(self, melody: Melody, origin: float, step: float = STEP) -> None:
+        """The melody's notes as timetagged bundles, its step 0 at ``origin``."""
+        for note in melody.notes:
+            self.send_at(origin + note.start * step, "/mvae/in/noteon", note.pitch, 100)
+            self.send_at(origin + note.end * step - 0.01, "/mvae/in/noteoff", note.pitch)
+
+    def events(self) -> list[Event]:
+        out: list[Event] = []
+        for data in self.sent:
+            at = timetag_seconds(data[8:16]) if data.startswith(b"#bundle") else None
+            for item in parse_packet(data):
+                assert isinstance(item, Message)
+                out.append((at, item.address, item.args))
+        self.sent.clear()
+        return out
+
+    def errors(self) -> list[str]:
+        return [str(args[1]) for _, address, args in self.events() if address == "/mvae/error"]
+
+    def until(self, at: float) -> None:
+        """Move the clock to ``at`` in 10 ms ticks, running every thread's step."""
+        while self.clock.now < at:
+            self.clock.now = min(at, self.clock.now + 0.01)
+            self.step()
+
+    def step(self) -> None:
+        self.core.live.run_due()
+        self.core.engine.run_pending()
+        self.core.player.tick()
+
+
+def on_grid(at: float, origin: float, seconds_per_step: float = STEP) -> bool:
+    steps = (at - origin) / seconds_per_step
+    return abs(steps - round(steps)) < GRID
+
+
+def listening(vae: MelodyVAE) -> Wire:
+    """A client listening from T0 (its first bar line), calibration done."""
+    wire = Wire(vae)
+    wire.send("/mvae/listen", 1)
+    wire.core.engine.run_pending()  # the calibration run
+    assert wire.core.live.samples, "calibration measured nothing"
+    return wire
+
+
+# ------------------------------------------------------------------ the answer, fake clock
+
+
+def test_an_answer_starts_on_the_bar_line_where_the_phrase_ends(vae: MelodyVAE) -> None:
+    wire = listening(vae)
+    phrase = scale_melody()
+    wire.play(phrase, T0)
+    estimate = wire.core.live.estimate
+    deadline = wire.core.live.run_due()
+    assert deadline == pytest.approx(T0 + 8.0 - 0.1 - estimate, abs=1e-6)  # bar 4 less lookahead, decode
+
+    wire.until(deadline - 0.005)
+    assert wire.events() == []  # nothing before the deadline
+    wire.until(deadline + 0.005)
+    first = wire.events()
+    assert first[0][0] == pytest.approx(T0 + 8.0, abs=1e-6)  # the bar line, exactly
+    assert first[0][1:] == ("/mvae/answer/begin", (first[0][2][0], 4, "echo"))
+    assert {at for at, _, _ in first} == {first[0][0]}  # sent now: only the bar line's bundle
+
+    wire.until(T0 + 16.2)
+    events = first + wire.events()
+    assert all(on_grid(at, T0) for at, _, _ in events if at is not None)
+    assert [at for at, _, _ in events] == sorted(at for at, _, _ in events)
+    assert any(address == "/mvae/noteon" for _, address, _ in events)
+    assert events[-1][1:] == ("/mvae/answer/end", (first[0][2][0],))
+    assert events[-1][0] == pytest.approx(T0 + 16.0, abs=1e-6)
+    assert not wire.core.player.is_playing(KEY)  # the answer played once
+
+    client = wire.core.client(KEY)
+    np.testing.assert_allclose(client.slots["call"], vae.encode(phrase), atol=1e-6)
+    session = wire.core.live.sessions[KEY]
+    assert (session.answered, session.dropped, session.failed) == (1, 0, 0)
+    assert session.worst_margin >= 0.1  # sent at least one lookahead before the bar line
+
+
+def test_the_call_is_what_was_played_on_the_grid(vae: MelodyVAE) -> None:
+    wire = listening(vae)
+    session = wire.core.live.sessions[KEY]
+
+    def at_step(step: float) -> None:
+        wire.clock.now = T0 + step * STEP
+
+    at_step(-3)  # before the phrase: not in it
+    wire.send("/mvae/in/noteon", 50, 80)
+    at_step(-2.5)
+    wire.send("/mvae/in/noteoff", 50)
+    at_step(0.3)  # arrival times, a little off the grid
+    wire.send("/mvae/in/noteon", 60, 100)
+    at_step(3.8)
+    wire.send("/mvae/in/noteoff", 60)
+    at_step(4.2)
+    wire.send("/mvae/in/noteon", 62.0, 90.0)  # Pure Data sends floats
+    at_step(5.9)
+    wire.send("/mvae/in/noteon", 62, 0)  # velocity 0: a note-off
+    at_step(60)
+    wire.send("/mvae/in/noteon", 67, 70)  # still held at the bar line
+    at_step(63.6)
+    wire.send("/mvae/in/noteon", 72, 70)  # rounds onto the bar line: the next phrase's
+
+    call = session.call(PHRASE, PHRASE, 16)
+    assert call is not None
+    assert call.notes == (Note(0, 4, 60, 100), Note(4, 6, 62, 90), Note(60, 64, 67, 70))
+    assert call.total_steps == PHRASE and call.qpm == 120.0
+
+
+def test_silence_is_not_answered(vae: MelodyVAE) -> None:
+    wire = listening(vae)
+    wire.until(T0 + 8.2)
+    assert wire.events() == []
+    assert wire.core.live.sessions[KEY].silent == 1
+    wire.send("/mvae/answer")
+    wire.until(T0 + 10.2)
+    assert wire.errors() == ["nothing was played in the 4 bars before bar 5; silence is not "
+                             "answered"]
+
+
+def test_an_answer_ready_too_late_is_dropped_with_an_error(vae: MelodyVAE) -> None:
+    wire = listening(vae)
+    wire.play(scale_melody(), T0)
+    deadline = wire.core.live.run_due()
+    assert deadline is not None
+    wire.clock.now = deadline
+    wire.core.live.run_due()  # the request goes to the model thread ...
+    wire.clock.now = T0 + 8.0 - 0.1 + 0.001  # ... which gets to it 1 ms too late
+    wire.core.engine.run_pending()
+    errors = wire.errors()
+    assert len(errors) == 1 and errors[0].startswith("answer for bar 4 dropped: ready 1 ms too "
+                                                     "late to be sent 100 ms before its bar")
+    wire.until(T0 + 17)
+    assert wire.events() == []  # nothing played late
+    assert wire.core.live.sessions[KEY].dropped == 1
+
+
+def test_answer_now_answers_on_the_next_bar_line_it_can_make(vae: MelodyVAE) -> None:
+    wire = listening(vae)
+    wire.play(scale_melody(bars=2), T0)
+    wire.until(T0 + 3.0)  # in bar 1
+    wire.send("/mvae/answer")
+    wire.until(T0 + 4.0)
+    events = wire.events()
+    assert events[0][0] == pytest.approx(T0 + 4.0, abs=1e-6)  # bar 2
+    assert events[0][1:] == ("/mvae/answer/begin", (events[0][2][0], 2, "echo"))
+    call = wire.core.client(KEY).slots["call"]  # the 4 bars before bar 2: silence, then 2 bars
+    shifted = Melody(tuple(Note(n.start + 32, n.end + 32, n.pitch, 100)
+                           for n in scale_melody(bars=2).notes), PHRASE)
+    np.testing.assert_allclose(call, vae.encode(shifted), atol=1e-6)
+
+
+def test_sync_puts_the_bar_line_on_the_clients_beat(vae: MelodyVAE) -> None:
+    wire = Wire(vae)
+    wire.send("/mvae/tempo", 60.0)  # a beat is 1 s, a phrase 16 s
+    wire.send_at(T0 + 0.5, "/mvae/sync", 2.0)  # at T0 + 0.5 the client is on beat 2
+    wire.send("/mvae/listen", 1)  # the synced clock stands
+    clock = wire.core.live.sessions[KEY].clock
+    assert clock.origin == pytest.approx(T0 - 1.5, abs=1e-6)
+    assert wire.core.live.sessions[KEY].next_line == PHRASE  # at T0 + 14.5
+    wire.play(scale_melody(), T0 - 1.5, step=0.25)
+    wire.until(T0 + 14.5)
+    begins = [e for e in wire.events() if e[1] == "/mvae/answer/begin"]
+    assert len(begins) == 1 and begins[0][0] == pytest.approx(T0 + 14.5, abs=1e-6)
+
+
+def test_a_tempo_change_keeps_answers_and_clock_on_one_grid(vae: MelodyVAE) -> None:
+    wire = listening(vae)
+    wire.play(scale_melody(), T0)
+    wire.until(T0 + 9.0)  # the first answer plays from T0 + 8
+    wire.events()
+    wire.send("/mvae/tempo", 240.0)
+    clock = wire.core.live.sessions[KEY].clock
+    track = wire.core.player.tracks[KEY]
+    turn = track.next_step  # the player's first step at the new tempo
+    for step in range(turn, turn + 64):
+        assert track.time_of(step) == pytest.approx(clock.time_of(step), abs=1e-9)
+    for step in range(turn, 2 * PHRASE - 1, 2):  # the rest of the phrase, at 240 qpm
+        wire.send_at(clock.time_of(step), "/mvae/in/noteon", 60 + step % 12, 100)
+    wire.until(clock.time_of(2 * PHRASE) + 0.1)
+    events = wire.events()
+    begins = [e for e in events if e[1] == "/mvae/answer/begin"]
+    assert len(begins) == 1 and begins[0][0] == pytest.approx(clock.time_of(2 * PHRASE),
+                                                               abs=1e-6)
+    assert all(on_grid(at, clock.time_of(turn), STEP / 2) for at, _, _ in events
+               if at is not None)
+
+
+# ------------------------------------------------------------------ settings and errors
+
+
+def test_modes_and_their_errors(vae: MelodyVAE, vae_axes: MelodyVAE) -> None:
+    wire = Wire(vae)
+    wire.send("/mvae/answer/mode", "contrast")
+    assert "attribute vectors" in wire.errors()[0]  # the model has none
+    wire.send("/mvae/answer/attribute", "note_density", 1.0)
+    assert "attribute vectors" in wire.errors()[0]
+    wire.send("/mvae/answer/mode", "loud")
+    assert wire.errors() == ["mode must be echo, contrast or blend, not 'loud'"]
+    wire.send("/mvae/answer")
+    assert wire.errors() == ["not listening; send /mvae/listen 1 first"]
+    wire.send("/mvae/answer/amount", -1.0)
+    assert "must lie in 0..10" in wire.errors()[0]
+    wire.send("/mvae/listen", 1)
+    wire.send_at(T0 + 60, "/mvae/in/noteon", 60, 100)
+    assert wire.errors() == ["timetag lies +60.0 s from the server's clock (at most 10 s); send "
+                             "it outside a bundle to use its arrival"]
+
+    with_axes = Wire(vae_axes)
+    with_axes.send("/mvae/answer/mode", "contrast")
+    with_axes.send("/mvae/answer/attribute", "loudness", 1.0)
+    assert with_axes.errors()[0].startswith("unknown attribute 'loudness'; the model has: "
+                                            "note_density, mean_pitch")
+    session = with_axes.core.live.sessions[KEY]
+    assert (session.mode, session.attribute) == ("contrast", "note_density")  # the default
+    with_axes.send("/mvae/answer/mix", 3.0)
+    assert session.mix == 1.0  # clamped
+
+
+def test_notes_count_only_while_listening(vae: MelodyVAE) -> None:
+    wire = Wire(vae)
+    wire.send("/mvae/in/noteon", 60, 100)  # not listening yet: ignored, no error
+    assert wire.events() == []
+    wire.send("/mvae/listen", 1)
+    wire.send("/mvae/in/noteon", 62, 100)
+    session = wire.core.live.sessions[KEY]
+    assert [n.pitch for n in session.notes] == [62]
+    wire.send("/mvae/listen", 0)
+    assert not session.notes and not session.listening
+
+
+# ------------------------------------------------------------------ the player's cue
+
+
+def test_a_cue_takes_over_a_loop_on_its_bar_line_and_plays_once() -> None:
+    sent: list[bytes] = []
+    clock = Clock()
+    player = Player(lambda data, addr: sent.append(data), clock)
+    loop = Melody((Note(12, 20, 60),), 32)  # held across the bar line at 16
+    player.play(KEY, 120.0, 0.0, loop)
+
+    def advance(to: float) -> None:
+        while clock.now < to:
+            clock.now = min(to, clock.now + 0.01)
+            player.tick()
+
+    advance(T0 + 13 * STEP)
+    sent.clear()
+    answer = Melody((Note(2, 4, 72),), 16)
+
+    late = player.cue(KEY, answer, T0, 120.0, 16, lookahead=3 * STEP + 0.01)
+    assert late is None and not sent  # refused: nothing changed
+    head, tail = encode_message("/head", "", []), encode_message("/tail", "", [])
+    assert player.cue(KEY, answer, T0, 120.0, 16, 0.1, [head], [tail]) == clock.now
+    player.offer(KEY, loop)  # ignored while the answer plays
+    advance(T0 + 40 * STEP)
+    got = [(timetag_seconds(data[8:16]), [m.address for m in parse_packet(data)
+                                          if isinstance(m, Message)]) for data in sent]
+    assert got == [
+        (pytest.approx(T0 + 16 * STEP, abs=1e-6), ["/mvae/noteoff", "/head"]),  # cut there
+        (pytest.approx(T0 + 18 * STEP, abs=1e-6), ["/mvae/noteon"]),
+        (pytest.approx(T0 + 20 * STEP, abs=1e-6), ["/mvae/noteoff"]),
+        (pytest.approx(T0 + 32 * STEP, abs=1e-6), ["/tail"]),
+    ]
+    assert not player.is_playing(KEY)
+
+
+# ------------------------------------------------------------------ the scripted performer
+
+
+class Performer:
+    """One client over UDP: sends with exact timetags, records everything it receives."""
+
+    def __init__(self, port: int) -> None:
+        self.target = ("127.0.0.1", port)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.settimeout(0.1)
+        self.received: list[tuple[float, bytes]] = []  # (arrival, datagram)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._receive, daemon=True)
+        self._thread.start()
+
+    def _receive(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except (TimeoutError, OSError):
+                continue
+            self.received.append((time.time(), data))
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendto(data, self.target)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+    def events(self) -> list[tuple[float, float | None, str, tuple[Any, ...]]]:
+        """(arrival, timetag, address, args) of everything received."""
+        out = []
+        for arrival, data in self.received:
+            at = timetag_seconds(data[8:16]) if data.startswith(b"#bundle") else None
+            for item in parse_packet(data):
+                assert isinstance(item, Message)
+                out.append((arrival, at, item.address, item.args))
+        return out
+
+
+MODES = {  # mode -> its settings
+    "echo": [("/mvae/answer/amount", 0.3)],
+    "contrast": [("/mvae/answer/attribute", "note_density", 1.0)],
+    "blend": [("/mvae/answer/mix", 0.5)],
+}
+
+
+def test_a_scripted_performer_gets_answers_on_the_bar_line_in_every_mode(
+        vae_axes: MelodyVAE) -> None:
+    """Three performers at once, one per mode, each plays a 4-bar phrase at 120 qpm; each
+    answer starts on bar 4, exactly where the phrase ended, on the 16th grid."""
+    with OscServer(vae_axes, port=0) as server:
+        performers = {mode: Performer(server.port) for mode in MODES}
+        try:
+            origin = time.time() + 1.0  # bar 0, when the performers start playing
+            for mode, performer in performers.items():
+                performer.send(osc("/mvae/tempo", 120.0).dgram)
+                performer.send(bundle(origin, osc("/mvae/sync", 0.0)))
+                performer.send(osc("/mvae/listen", 1).dgram)
+                performer.send(osc("/mvae/answer/mode", mode).dgram)
+                for address, *args in MODES[mode]:
+                    performer.send(osc(address, *args).dgram)
+            script = []  # (time, performer, datagram): each phrase a transposed scale
+            for k, performer in enumerate(performers.values()):
+                for note in scale_melody().transpose(3 * k).notes:
+                    start, end = origin + note.start * STEP, origin + note.end * STEP - 0.02
+                    script.append((start, performer, bundle(start, osc("/mvae/in/noteon",
+                                                                       note.pitch, 100))))
+                    script.append((end, performer, bundle(end, osc("/mvae/in/noteoff",
+                                                                   note.pitch))))
+            for at, performer, data in sorted(script, key=lambda item: item[0]):
+                time.sleep(max(0.0, at - 0.3 - time.time()))  # played ahead, timetagged
+                performer.send(data)
+            deadline = origin + 16.0 + 2.0
+            while time.time() < deadline and not all(
+                    any(b"/mvae/answer/end" in d for _, d in p.received)
+                    for p in performers.values()):
+                time.sleep(0.1)
+            for performer in performers.values():
+                performer.send(osc("/mvae/answer/stats").dgram)
+            time.sleep(0.3)
+        finally:
+            for performer in performers.values():
+                performer.close()
+
+    bar_line = origin + 8.0
+    for mode, performer in performers.items():
+        events = performer.events()
+        assert [e for e in events if e[2] == "/mvae/error"] == [], mode
+        played = [e for e in events if e[1] is not None]
+        assert played, f"{mode}: no answer"
+        arrival, first, address, args = played[0]
+        assert address == "/mvae/answer/begin" and args[1:] == (4, mode), mode
+        assert first == pytest.approx(bar_line, abs=1e-5), mode  # where the phrase ended
+        assert arrival < bar_line, mode
+        assert all(on_grid(at, origin) for _, at, _, _ in played), mode
+        assert all(bar_line - 1e-5 < at < bar_line + 8.0 + 1e-5 for _, at, _, _ in played)
+        notes = [e for e in played if e[2] == "/mvae/noteon"]
+        assert len(notes) >= 1, mode
+        assert played[-1][2] == "/mvae/answer/end" and played[-1][1] == pytest.approx(
+            bar_line + 8.0, abs=1e-5), mode
+        stats = [e[3] for e in events if e[2] == "/mvae/answer/stats"]
+        answered, dropped, _, failed, _, worst_ms = stats[0]
+        assert (answered, dropped, failed) == (1, 0, 0), mode
+        assert worst_ms >= 100.0, mode  # sent at least the lookahead before its bar line
+
+
+# ------------------------------------------------------------------ Pure Data
+
+
+PD_DRIVER = """#N canvas 0 0 450 300 12;
+#X obj 10 10 loadbang;
+#X obj 10 40 delay 300;
+#X msg 10 70 \\; mvae-connect disconnect \\; mvae-connect connect 127.0.0.1 {port} \\; \
+mvae-tempo 300 \\; mvae-mode echo;
+#X obj 10 100 delay 300;
+#X obj 10 130 t b b;
+#X msg 200 160 \\; mvae-start 1;
+#X obj 10 160 metro 200;
+#X obj 10 190 f;
+#X obj 50 190 + 1;
+#X obj 10 220 moses 16;
+#X obj 10 250 expr 60 + ($f1 % 5) * 2;
+#X obj 10 280 t f f;
+#X obj 10 310 list append 100;
+#X obj 100 310 pipe 150;
+#X obj 100 340 list append 0;
+#X obj 10 370 s mvae-note;
+#X obj 200 220 delay 4800;
+#X msg 200 250 \\; mvae-start 0 \\; pd quit;
+#X connect 0 0 1 0;
+#X connect 1 0 2 0;
+#X connect 1 0 3 0;
+#X connect 3 0 4 0;
+#X connect 4 1 5 0;
+#X connect 4 0 6 0;
+#X connect 4 0 16 0;
+#X connect 6 0 7 0;
+#X connect 7 0 8 0;
+#X connect 8 0 7 1;
+#X connect 7 0 9 0;
+#X connect 9 0 10 0;
+#X connect 10 0 11 0;
+#X connect 11 0 12 0;
+#X connect 11 1 13 0;
+#X connect 13 0 14 0;
+#X connect 12 0 15 0;
+#X connect 14 0 15 0;
+#X connect 16 0 17 0;
+"""
+
+
+@pytest.mark.skipif(shutil.which("pd") is None, reason="Pure Data (puredata-core) not installed")
+def test_the_pd_improvise_patch_gets_an_answer(vae: MelodyVAE, tmp_path: Path) -> None:
+    """improvise.pd headless: a driver plays 16 quarter notes at 300 qpm into its
+    keyboard input; the answer begins on bar 4 (Pd sends without timetags: arrival times)."""
+    driver = tmp_path / "driver.pd"
+    with OscServer(vae, port=0) as server:
+        driver.write_text(PD_DRIVER.format(port=server.port))
+        result = subprocess.run(
+            ["pd", "-nogui", "-noaudio", "-nomidi", "-stderr",
+             "-open", str(ROOT / "examples" / "pd" / "improvise.pd"), "-open", str(driver)],
+            capture_output=True, text=True, timeout=30)
+        sessions = list(server.core.live.sessions.values())
+    out = result.stdout + result.stderr
+    assert "couldn't create" not in out and "connection failed" not in out, out
+    assert re.search(r"answer: begin \d+ 4 echo", out), out
+    assert len(sessions) == 1 and sessions[0].answered == 1, out
+    assert sessions[0].clock.qpm == 300.0
+    assert math.isfinite(sessions[0].worst_margin) and sessions[0].worst_margin >= 0.1
