@@ -57,12 +57,12 @@ MAX_SYNC_BEAT = 1e6  # |beat| accepted by /mvae/sync
 MAX_DUE = 16  # phrase lines handled in one pass; past that the listener skips ahead
 DEFAULT_ESTIMATE = 0.05  # seconds an answer is assumed to take before anything is measured
 SAFETY = 1.5  # the estimate is SAFETY x the slowest recent answer ...
-WAKE_MARGIN = 0.01  # ... plus this many seconds for thread wake-ups
+WAKE_MARGIN = 0.02  # ... plus this many seconds for thread wake-ups
 MAX_ESTIMATE = 0.5  # seconds; a stall does not push deadlines further than this
 SAMPLES = 32  # answers the estimate looks back on
 SILENT_RETRIES = 3  # a silent answer is decoded again this often, sampled ...
 RETRY_TEMPERATURE = 1.0  # ... at least this hot, with the next seeds
-CALIBRATION_KEY: Addr = ("", 0)  # the engine slot of the calibration task
+CALIBRATION_KEY: Addr = ("live", 0)  # the engine slot of the calibration task
 
 
 class LiveError(MelodyVAEError):
@@ -120,6 +120,7 @@ class Session:
     notes: deque[Played] = field(default_factory=lambda: deque(maxlen=MAX_NOTES))
     held: dict[int, Played] = field(default_factory=dict)  # sounding notes by pitch
     next_line: int = 0  # the next phrase line (absolute step) to answer
+    last_line: int | None = None  # the last line answered (never answered twice)
     requested: int | None = None  # a bar line /mvae/answer asked for
     count: int = 0  # answers asked of the model (numbers their seeds)
     answered: int = 0
@@ -218,6 +219,7 @@ class Listener:
         self.sessions: dict[Addr, Session] = {}  # bounded by the client table (forget)
         self.samples: deque[float] = deque(maxlen=SAMPLES)  # seconds, deadline to ready
         self.calibrating = False
+        self.batches = 0  # answer tasks handed to the model thread
         self.cond = threading.Condition(lock)
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -286,15 +288,21 @@ class Listener:
         if session.listening:
             now = self.clock()
             session.next_line = self._first_line(session, self.phrase_steps, now)
+            if session.last_line is not None:  # never a line already answered (a slower
+                after = (session.last_line // self.phrase_steps + 1) * self.phrase_steps
+                session.next_line = max(session.next_line, after)  # tempo moves lines back)
             if session.requested is not None:
                 session.requested = self._first_line(session, self.steps_per_bar, now)
         self.cond.notify()
 
     def run_due(self, now: float | None = None) -> float | None:
-        """Make every answer request whose deadline has come; the time of the next deadline
-        (None: none). The listener thread's step; call with the state lock held."""
+        """Make every answer request whose deadline has come — all of them one task for the
+        model thread, so answers due together are encoded and decoded as one batch; return
+        the time of the next deadline (None: none). The listener thread's step; call with
+        the state lock held."""
         now = self.clock() if now is None else now
         wake: float | None = None
+        requests: list[AnswerRequest] = []
         for session in list(self.sessions.values()):
             if not session.listening:
                 continue
@@ -304,7 +312,7 @@ class Listener:
                 line, session.requested = session.requested, None
                 if line == session.next_line:
                     session.next_line += self.phrase_steps
-                self._fire(session, line, lead, now, manual=True)
+                self._fire(session, line, lead, now, True, requests)
             due = 0
             while clock.time_of(session.next_line) - lead <= now:
                 line = session.next_line
@@ -315,17 +323,23 @@ class Listener:
                                     session.client.key)
                     session.next_line = self._first_line(session, self.phrase_steps, now)
                     break
-                self._fire(session, line, lead, now, manual=False)
+                self._fire(session, line, lead, now, False, requests)
             for waiting in (session.next_line, session.requested):
                 if waiting is not None:
                     deadline = clock.time_of(waiting) - lead
                     wake = deadline if wake is None else min(wake, deadline)
+        if requests:
+            self.batches += 1
+            self.engine.submit_task(("live", self.batches), lambda: self._answer(requests))
         return wake
 
-    def _fire(self, session: Session, line: int, lead: float, now: float,
-              manual: bool) -> None:
+    def _fire(self, session: Session, line: int, lead: float, now: float, manual: bool,
+              requests: list[AnswerRequest]) -> None:
         client = session.client
         bar = line // self.steps_per_bar
+        if line == session.last_line:
+            return
+        session.last_line = line
         call = session.call(line, self.phrase_steps, self.steps_per_bar)
         if call is None:
             session.silent += 1
@@ -342,11 +356,10 @@ class Listener:
                        f"{(now - bar_time + lead) * 1000:.0f} ms after its deadline")
             return
         session.count += 1
-        request = AnswerRequest(
+        requests.append(AnswerRequest(
             client.key, line, call, session.mode, session.amount, session.attribute,
             session.attribute_amount, session.mix, client.z.copy(), client.temperature,
-            (client.seed + session.count) % 2**63, bar_time - lead, session)
-        self.engine.submit_task(client.key, lambda: self._answer(request))
+            (client.seed + session.count) % 2**63, bar_time - lead, session))
 
     def _loop(self) -> None:
         with self.cond:
@@ -359,80 +372,109 @@ class Listener:
                 self.cond.wait(None if wake is None else max(0.0, wake - self.clock()))
 
     # ------------------------------------------------------------ model thread
-    def compose(self, request: AnswerRequest) -> tuple[Melody | None, np.ndarray, np.ndarray]:
-        """Encode the call, move its z by the mode, decode: (answer or None if it stayed
-        silent, z of the call, z of the answer). Runs on the model thread."""
-        z_call = np.asarray(self.vae.encode(request.call), np.float64)  # (Z,)
+    def compose(self, requests: list[AnswerRequest]
+                ) -> list[tuple[Melody | None, np.ndarray, np.ndarray]]:
+        """Encode the calls (one batch), move each z by its mode, decode (greedy ones as one
+        batch, sampled ones each with its seed, so an answer does not depend on what else
+        was due): (answer, or None if it stayed silent; z of the call; z of the answer) per
+        request. Runs on the model thread."""
+        z_calls = np.asarray(self.vae.encode([r.call for r in requests]), np.float64)  # (B, Z)
+        zs = np.stack([self._move(r, z) for r, z in zip(requests, z_calls, strict=True)])
+        melodies: list[Melody | None] = [None] * len(requests)
+        greedy = [i for i, r in enumerate(requests) if r.temperature == 0]
+        if greedy:
+            tokens = self.vae.decode_tokens(zs[greedy].astype(np.float32), 0.0)  # (G, T)
+            for i, row in zip(greedy, tokens.cpu().numpy(), strict=True):
+                melodies[i] = self.vae.melody_from_tokens(row, requests[i].call.qpm)
+        for i, request in enumerate(requests):
+            qpm = request.call.qpm
+            temperature, seed = request.temperature, request.seed
+            if i not in greedy:
+                melodies[i] = self._decode_one(zs[i], temperature, seed, qpm)
+            for _ in range(SILENT_RETRIES):
+                melody = melodies[i]
+                if melody is not None and melody.notes:
+                    break
+                temperature, seed = max(temperature, RETRY_TEMPERATURE), seed + 1
+                melodies[i] = self._decode_one(zs[i], temperature, seed, qpm)
+        return [(m if m is not None and m.notes else None, z_call, z)
+                for m, z_call, z in zip(melodies, z_calls, zs, strict=True)]
+
+    def _decode_one(self, z: np.ndarray, temperature: float, seed: int, qpm: float) -> Melody:
+        tokens = self.vae.decode_tokens(z[None].astype(np.float32), temperature, seed)  # (1, T)
+        return self.vae.melody_from_tokens(tokens[0].cpu().numpy(), qpm)
+
+    def _move(self, request: AnswerRequest, z_call: np.ndarray) -> np.ndarray:
+        """The answer's latent vector: the call's, moved by the mode."""
         if request.mode == "echo":
             noise = np.random.default_rng(request.seed).standard_normal(len(z_call))
-            z = z_call + request.amount * noise
-        elif request.mode == "contrast":
+            return z_call + request.amount * noise
+        if request.mode == "contrast":
             vector = self.attributes.get(request.attribute or "")
             if vector is None:
                 raise AxesError(f"the model has no attribute {request.attribute!r}")
-            z = z_call + request.attribute_amount * vector
-        else:
-            from melodyvae.inference import slerp
+            return z_call + request.attribute_amount * vector
+        from melodyvae.inference import slerp
 
-            z = slerp(z_call, request.z_now, request.mix)
-        temperature, seed = request.temperature, request.seed
-        for _ in range(1 + SILENT_RETRIES):
-            tokens = self.vae.decode_tokens(z[None].astype(np.float32), temperature, seed)
-            melody = self.vae.melody_from_tokens(tokens[0].cpu().numpy(), request.call.qpm)
-            if melody.notes:
-                return melody, z_call, z
-            temperature, seed = max(temperature, RETRY_TEMPERATURE), seed + 1
-        return None, z_call, z
+        return slerp(z_call, request.z_now, request.mix)
 
-    def _answer(self, request: AnswerRequest) -> None:
-        key, bar = request.key, request.line // self.steps_per_bar
+    def _answer(self, requests: list[AnswerRequest]) -> None:
         try:
-            melody, z_call, z = self.compose(request)
+            results = self.compose(requests)
         except MelodyVAEError as e:
-            self._failed(request, f"answer for bar {bar}: {e}")
+            self._failed(requests, str(e))
             return
         except Exception as e:
-            _LOGGER.exception("answering %s failed", key)
-            self._failed(request, f"internal error: {type(e).__name__}: {e}")
+            _LOGGER.exception("answering %d phrases failed", len(requests))
+            self._failed(requests, f"internal error: {type(e).__name__}: {e}")
             return
         ready = self.clock()
         with self.lock:
-            self.samples.append(ready - request.deadline)
+            self.samples.append(ready - min(r.deadline for r in requests))
             self.cond.notify()  # the estimate moved: deadlines may have too
-            session = request.session
-            if session is None or self.sessions.get(key) is not session or not session.listening:
-                return  # forgotten, or listening stopped meanwhile
-            if melody is None:
-                session.failed += 1
-                self.error(key, ANSWER_ADDRESS,
-                           f"answer for bar {bar} dropped: it came out silent "
-                           f"{1 + SILENT_RETRIES} times")
-                return
-            clock, lookahead = session.clock, session.client.lookahead
-            answer_id = self.next_id()
-            sent = self.player.cue(key, melody, clock.origin, clock.qpm, request.line,
-                                   lookahead, [answer_begin(answer_id, bar, request.mode)],
-                                   [answer_end(answer_id)])
-            bar_time = clock.time_of(request.line)
-            if sent is None:
-                session.dropped += 1
-                self.error(key, ANSWER_ADDRESS,
-                           f"answer for bar {bar} dropped: ready "
-                           f"{(ready - bar_time + lookahead) * 1000:.0f} ms too late to be "
-                           f"sent {lookahead * 1000:.0f} ms before its bar line")
-                return
-            session.answered += 1
-            session.worst_margin = min(session.worst_margin, bar_time - sent)
-            session.client.store("call", z_call)
-            session.client.store("answer", z)
+            for request, result in sorted(zip(requests, results, strict=True),
+                                          key=lambda item: item[0].deadline):
+                self._cue(request, *result, ready)
 
-    def _failed(self, request: AnswerRequest, reason: str) -> None:
-        if request.session is None:
-            _LOGGER.warning("live calibration failed: %s", reason)
+    def _cue(self, request: AnswerRequest, melody: Melody | None, z_call: np.ndarray,
+             z: np.ndarray, ready: float) -> None:
+        """Hand one answer to the player (state lock held)."""
+        key, session = request.key, request.session
+        bar = request.line // self.steps_per_bar
+        if session is None or self.sessions.get(key) is not session or not session.listening:
+            return  # forgotten, or listening stopped meanwhile
+        if melody is None:
+            session.failed += 1
+            self.error(key, ANSWER_ADDRESS, f"answer for bar {bar} dropped: it came out "
+                                            f"silent {1 + SILENT_RETRIES} times")
             return
+        clock, lookahead = session.clock, session.client.lookahead
+        answer_id = self.next_id()
+        sent = self.player.cue(key, melody, clock.origin, clock.qpm, request.line, lookahead,
+                               [answer_begin(answer_id, bar, request.mode)],
+                               [answer_end(answer_id)])
+        bar_time = clock.time_of(request.line)
+        if sent is None:
+            session.dropped += 1
+            self.error(key, ANSWER_ADDRESS,
+                       f"answer for bar {bar} dropped: ready "
+                       f"{(ready - bar_time + lookahead) * 1000:.0f} ms too late to be sent "
+                       f"{lookahead * 1000:.0f} ms before its bar line")
+            return
+        session.answered += 1
+        session.worst_margin = min(session.worst_margin, bar_time - sent)
+        session.client.store("call", z_call)
+        session.client.store("answer", z)
+
+    def _failed(self, requests: list[AnswerRequest], reason: str) -> None:
         with self.lock:
-            request.session.failed += 1
-        self.error(request.key, ANSWER_ADDRESS, reason)
+            for request in requests:
+                if request.session is None:
+                    _LOGGER.warning("live calibration failed: %s", reason)
+                    continue
+                request.session.failed += 1
+                bar = request.line // self.steps_per_bar
+                self.error(request.key, ANSWER_ADDRESS, f"answer for bar {bar}: {reason}")
 
     def _calibrate(self) -> None:
         """Time one answer on a made-up phrase (after one untimed run that warms up)."""
@@ -442,9 +484,9 @@ class Listener:
                                 DEFAULT_AMOUNT, None, 0.0, 0.0, np.zeros(self.vae.z_dim), 0.0,
                                 0, 0.0)
         try:
-            self.compose(request)
+            self.compose([request])
             started = time.perf_counter()
-            self.compose(request)
+            self.compose([request])
             elapsed = time.perf_counter() - started
         except Exception:
             _LOGGER.exception("live calibration failed")
@@ -452,8 +494,8 @@ class Listener:
         with self.lock:
             self.samples.append(elapsed)
             self.cond.notify()
-        _LOGGER.info("an answer takes %.1f ms; answering %.0f ms ahead of the lookahead",
-                     elapsed * 1000, self.estimate * 1000)
+            _LOGGER.info("an answer takes %.1f ms; answering %.0f ms ahead of the lookahead",
+                         elapsed * 1000, self.estimate * 1000)
 
     # ------------------------------------------------------------ handlers (network thread)
     def _session(self, client: ClientState) -> Session:
@@ -526,6 +568,7 @@ class Listener:
         if not session.synced:  # a bar line where listening starts
             session.clock = LiveClock(client.qpm, at)
         session.forget_notes()
+        session.last_line = None
         session.listening = True
         self._replan(session)
         if not self.calibrating:

@@ -194,7 +194,9 @@ def train(preset: Preset, options: RunOptions) -> Path:
             f"{preset.model.bars} bars"
         )
     train_tokens = corpus.subset("train")
-    valid_tokens = corpus.subset("valid")[: options.eval_phrases]
+    valid_all = corpus.subset("valid")
+    pick = np.random.default_rng(12345).permutation(len(valid_all))[: options.eval_phrases]
+    valid_tokens = valid_all[np.sort(pick)]  # a fixed sample across the whole split
     if len(train_tokens) == 0:
         raise TrainingError(f"{options.data}: the train split is empty")
 
