@@ -84,6 +84,7 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from melodyvae.inference import resolve_model
     from melodyvae.presets import get_preset, with_overrides
     from melodyvae.training.train import RunOptions, train
 
@@ -92,6 +93,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(f"{args.data}: no such corpus file (build one with melodyvae corpus)")
     options = RunOptions(
         out=Path(args.out), data=Path(args.data), resume=args.resume, device=args.device,
+        init_from=resolve_model(args.init_from) if args.init_from else None,
         threads=args.threads, seed=args.seed, max_steps=args.max_steps,
         max_minutes=args.max_minutes, checkpoint_every=args.checkpoint_every,
         eval_every=args.eval_every, progress=not args.no_progress,
@@ -218,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="FILE", help="corpus file")
     p.add_argument("--out", required=True, metavar="RUNDIR", help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in RUNDIR")
+    p.add_argument("--init-from", metavar="MODEL", default=None,
+                   help="start from a checkpoint or shipped model (its weights and step; "
+                        "a fresh optimizer), e.g. to go on training a shipped model")
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
                    help="override a preset field, e.g. train.lr=3e-4 or model.z_dim=64")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")

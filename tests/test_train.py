@@ -215,3 +215,21 @@ def test_ddp_two_processes_on_cpu(tmp_path: Path, corpus_file: Path) -> None:
     assert load_checkpoint(run / MODEL_FILE).info["training"]["step"] == 9
     assert [r["step"] for r in read_metrics(run) if r["kind"] == "valid"] == [3, 6, 9]
     assert adam_steps(run / STATE_FILE) == {9.0}
+
+
+def test_init_from_continues_the_step_with_a_fresh_optimizer(tmp_path: Path,
+                                                             corpus_file: Path) -> None:
+    preset = get_preset("tiny-hier-4bar")
+    first = train(preset, options(tmp_path / "first", corpus_file, max_steps=12))
+    before = load_checkpoint(first).model.state_dict()
+    second = train(preset, options(tmp_path / "second", corpus_file, max_steps=16,
+                                   init_from=first))
+    steps = [r["step"] for r in read_metrics(tmp_path / "second")]
+    assert steps and min(steps) > 12 and max(steps) == 16
+    assert load_checkpoint(second).info["training"]["step"] == 16
+    assert adam_steps(tmp_path / "second" / STATE_FILE) == {4.0}  # a new optimizer
+    after = load_checkpoint(second).model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    other = get_preset("tiny-hier-16bar")
+    with pytest.raises(TrainingError, match="another model config"):
+        train(other, options(tmp_path / "third", corpus_file, init_from=first))

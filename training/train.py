@@ -77,6 +77,7 @@ class RunOptions:
     out: Path
     data: Path
     resume: bool = False
+    init_from: Path | None = None  # start from these weights (and their step), new optimizer
     device: str = "auto"
     threads: int | None = None
     seed: int = 0
@@ -219,6 +220,17 @@ def train(preset: Preset, options: RunOptions) -> Path:
         model = ckpt.model
     elif model_path.exists() and rank == 0:
         raise TrainingError(f"{out} already holds a run: pass --resume, or another --out")
+    if options.init_from is not None and not options.resume:
+        try:
+            start = load_checkpoint(options.init_from)
+        except CheckpointError as e:
+            raise TrainingError(str(e)) from e
+        if start.preset.model != preset.model:
+            raise TrainingError(f"{options.init_from}: another model config than {preset.name}")
+        model = start.model.float()
+        trained = start.info.get("training") or {}
+        step = int(trained.get("step", 0))  # the schedules go on from there
+        elapsed_before = float(trained.get("elapsed_s", 0.0))
     model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     if options.resume:
