@@ -19,7 +19,7 @@ from conftest import random_tokens
 from safetensors import safe_open
 
 from melodyvae.checkpoint import load_checkpoint
-from melodyvae.presets import get_preset
+from melodyvae.presets import get_preset, with_overrides
 from melodyvae.training.corpus import CORPUS_FORMAT_VERSION, Corpus
 from melodyvae.training.train import (
     CURVES_FILE,
@@ -230,6 +230,6 @@ def test_init_from_continues_the_step_with_a_fresh_optimizer(tmp_path: Path,
     assert adam_steps(tmp_path / "second" / STATE_FILE) == {4.0}  # a new optimizer
     after = load_checkpoint(second).model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
-    other = get_preset("tiny-hier-16bar")
+    other = with_overrides(preset, ["model.z_dim=4"])
     with pytest.raises(TrainingError, match="another model config"):
         train(other, options(tmp_path / "third", corpus_file, init_from=first))
