@@ -19,6 +19,7 @@ import torch
 
 from melodyvae.checkpoint import CheckpointError, load_checkpoint, read_info
 from melodyvae.melody import Melody, from_tokens, to_tokens
+from melodyvae.model import Cancel
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -141,8 +142,11 @@ class MelodyVAE:
 
     @torch.no_grad()
     def decode_tokens(self, z: np.ndarray | torch.Tensor, temperature: float = 0.0,
-                      seed: int | None = None) -> torch.Tensor:
-        """(B, Z) latent vectors -> (B, T) tokens. The same seed gives the same tokens."""
+                      seed: int | None = None, cancel: Cancel | None = None) -> torch.Tensor:
+        """(B, Z) latent vectors -> (B, T) tokens. The same seed gives the same tokens.
+
+        ``cancel`` is asked before every decode step; True stops the decode with
+        :class:`melodyvae.model.DecodeCancelled` (a server drops a decode gone stale)."""
         zt = torch.as_tensor(np.asarray(z, dtype=np.float32), device=self.device)
         if zt.ndim == 1:
             zt = zt.unsqueeze(0)
@@ -152,7 +156,7 @@ class MelodyVAE:
         if temperature > 0:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(0 if seed is None else int(seed))
-        return self.model.sample(zt, temperature, generator)
+        return self.model.sample(zt, temperature, generator, cancel=cancel)
 
     @torch.no_grad()
     def negative_elbo_bits(self, tokens: np.ndarray, batch_size: int = 256) -> np.ndarray:

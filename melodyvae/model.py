@@ -30,6 +30,13 @@ from melodyvae.presets import ModelConfig
 _T = TypeVar("_T")
 
 
+class DecodeCancelled(Exception):
+    """A decode stopped early because its ``cancel`` callback said so."""
+
+
+Cancel = Callable[[], bool]  # asked once per decode step; True stops the decode
+
+
 class Decoder(Protocol):
     """What both decoders provide."""
 
@@ -43,13 +50,14 @@ class Decoder(Protocol):
 
     def sample(
         self, z: Tensor, temperature: float = 0.0, generator: torch.Generator | None = None,
-        parallel: bool = True,
+        parallel: bool = True, cancel: Cancel | None = None,
     ) -> Tensor:
         """Free-running decode: z (B, Z) -> tokens (B, T) int64.
 
         temperature 0 takes the argmax; above 0 samples softmax(logits / temperature) with
         ``generator``. ``parallel`` (hierarchical only) decodes all bars as one batch;
-        False decodes them one after another with the same weights.
+        False decodes them one after another with the same weights. ``cancel`` is asked
+        before every step; when it returns True the decode raises :class:`DecodeCancelled`.
         """
         ...
 
@@ -199,7 +207,8 @@ class _Stepper:
         self.out = _Linear(_weight(out, "weight"), _weight(out, "bias"))  # (H) -> (V)
 
     def run(self, cond: Tensor, state: tuple[Tensor, Tensor], start_token: int, steps: int,
-            temperature: float, generator: torch.Generator | None) -> Tensor:
+            temperature: float, generator: torch.Generator | None,
+            cancel: Cancel | None = None) -> Tensor:
         """cond (N, C), state (L, N, H) x 2 -> tokens (N, steps)."""
         n = cond.shape[0]
         cond_gates = torch.addmm(self.stack.bias0, cond, self.cond_weight)  # (N, 4H)
@@ -208,6 +217,8 @@ class _Stepper:
         token = torch.full((n,), start_token, dtype=torch.long, device=cond.device)
         out = torch.empty(n, steps, dtype=torch.long, device=cond.device)
         for t in range(steps):
+            if cancel is not None and cancel():
+                raise DecodeCancelled
             top = self.stack.step(self.token_gates[token] + cond_gates, h, c)
             token = _pick(self.out(top), temperature, generator)
             out[:, t] = token
@@ -295,10 +306,10 @@ class HierarchicalDecoder(nn.Module):
         return self.out(y).view(b, cfg.steps, cfg.vocab_size)  # (B, T, V)
 
     def _decode_bars(self, c: Tensor, temperature: float,
-                     generator: torch.Generator | None) -> Tensor:
+                     generator: torch.Generator | None, cancel: Cancel | None) -> Tensor:
         """c (N, C) bar embeddings -> (N, S) tokens, N bars decoded together."""
         return _stepper(self).run(c, self.bar_init(c), self.start_token,
-                                  self.cfg.steps_per_bar, temperature, generator)
+                                  self.cfg.steps_per_bar, temperature, generator, cancel)
 
     def _conduct(self, z: Tensor) -> Tensor:
         """The conductor stepped from its weights: z (B, Z) -> (B, bars, C).
@@ -310,14 +321,17 @@ class HierarchicalDecoder(nn.Module):
         return torch.stack([stack.step(gates, h, c) for _ in range(self.cfg.bars)], dim=1)
 
     def sample(self, z: Tensor, temperature: float = 0.0,
-               generator: torch.Generator | None = None, parallel: bool = True) -> Tensor:
+               generator: torch.Generator | None = None, parallel: bool = True,
+               cancel: Cancel | None = None) -> Tensor:
         cfg = self.cfg
         b = z.shape[0]
         c = self._conduct(z)  # (B, bars, C)
         if parallel:
-            tokens = self._decode_bars(c.reshape(b * cfg.bars, -1), temperature, generator)
+            tokens = self._decode_bars(c.reshape(b * cfg.bars, -1), temperature, generator,
+                                       cancel)
             return tokens.view(b, cfg.steps)  # (B, T)
-        bars = [self._decode_bars(c[:, i], temperature, generator) for i in range(cfg.bars)]
+        bars = [self._decode_bars(c[:, i], temperature, generator, cancel)
+                for i in range(cfg.bars)]
         return torch.cat(bars, dim=1)  # (B, T)
 
     def decode_macs(self) -> int:
@@ -350,9 +364,10 @@ class FlatDecoder(nn.Module):
         return self.out(y)  # (B, T, V)
 
     def sample(self, z: Tensor, temperature: float = 0.0,
-               generator: torch.Generator | None = None, parallel: bool = True) -> Tensor:
+               generator: torch.Generator | None = None, parallel: bool = True,
+               cancel: Cancel | None = None) -> Tensor:
         return _stepper(self).run(z, self.init(z), self.start_token, self.cfg.steps,
-                                  temperature, generator)
+                                  temperature, generator, cancel)
 
     def decode_macs(self) -> int:
         cfg = self.cfg
@@ -389,9 +404,10 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def sample(self, z: Tensor, temperature: float = 0.0,
-               generator: torch.Generator | None = None, parallel: bool = True) -> Tensor:
-        """z (B, Z) -> tokens (B, T)."""
-        return self.decoder.sample(z, temperature, generator, parallel)
+               generator: torch.Generator | None = None, parallel: bool = True,
+               cancel: Cancel | None = None) -> Tensor:
+        """z (B, Z) -> tokens (B, T); see :meth:`Decoder.sample`."""
+        return self.decoder.sample(z, temperature, generator, parallel, cancel)
 
     def _check_tokens(self, tokens: Tensor) -> None:
         if tokens.dim() != 2 or tokens.shape[1] != self.cfg.steps:

@@ -2,7 +2,9 @@
 
 The network thread never runs the model. It puts a job in its client's slot and wakes the
 worker; a newer job replaces an older one still waiting (a slider flood leaves at most one
-pending decode per client; the stale ones are dropped and counted). The worker takes every
+pending decode per client; the stale ones are dropped and counted), and a decode already
+running stops at its next step once every client in its batch has asked for something
+newer. The worker takes every
 waiting job at once, encodes the note lists among them as one batch, then decodes the
 latent vectors as one batch per (temperature, seed) group — greedy decodes of all clients
 share one batch — and hands each result to the :class:`Sink`.
@@ -25,6 +27,7 @@ import numpy as np
 
 from melodyvae.errors import MelodyVAEError
 from melodyvae.melody import Melody
+from melodyvae.model import DecodeCancelled
 from melodyvae.server.state import Addr, ClientState
 
 if TYPE_CHECKING:
@@ -111,6 +114,7 @@ class EngineStats:
     batches: int = 0  # decode_tokens calls
     max_batch: int = 0  # the largest of them
     encoded: int = 0  # melodies encoded
+    cancelled: int = 0  # decodes stopped part-way because every client had a newer request
 
 
 class Engine:
@@ -219,11 +223,21 @@ class Engine:
                 groups.setdefault(key, []).append((job, job.latent()))
         for (temperature, seed), items in groups.items():
             batch = [job for job, _ in items]
+            keys = [job.client.key for job in batch]
+
+            def stale(keys: list[Addr] = keys) -> bool:
+                # every client of this batch already asked for something newer
+                return all(key in self.decodes.jobs for key in keys)
+
             try:
                 z = np.stack([z for _, z in items]).astype(np.float32)  # (B, Z)
-                tokens = self.vae.decode_tokens(z, temperature, seed).cpu().numpy()  # (B, T)
+                tokens = self.vae.decode_tokens(z, temperature, seed,
+                                                cancel=stale).cpu().numpy()  # (B, T)
                 melodies = [self.vae.melody_from_tokens(row, job.client.qpm)
                             for job, row in zip(batch, tokens, strict=True)]
+            except DecodeCancelled:
+                self.stats.cancelled += len(batch)  # their newer requests are waiting
+                continue
             except Exception as e:
                 self._fail(batch, e)
                 continue

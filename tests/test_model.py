@@ -328,3 +328,21 @@ def test_transpose_batch_uses_the_whole_range() -> None:
     edge = np.array([[2, 0, VOCAB_SIZE - 1, 1]])  # lowest and highest note: no room
     np.testing.assert_array_equal(transpose_batch(edge, 5, np.random.default_rng(0)), edge)
     assert transpose_batch(tokens, 0, np.random.default_rng(0)) is tokens
+
+
+def test_cancel_stops_a_decode_between_steps() -> None:
+    from melodyvae.model import DecodeCancelled
+
+    torch.manual_seed(0)
+    model = VAE(get_preset("tiny-hier-4bar").model).eval()
+    z = torch.randn(2, model.cfg.z_dim)
+    asked = []
+
+    def after_five() -> bool:
+        asked.append(1)
+        return len(asked) > 5
+
+    with pytest.raises(DecodeCancelled):
+        model.sample(z, cancel=after_five)
+    assert len(asked) == 6
+    assert torch.equal(model.sample(z, cancel=lambda: False), model.sample(z))

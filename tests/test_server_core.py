@@ -483,3 +483,21 @@ def test_a_model_failure_is_an_error_reply_not_a_crash(
     monkeypatch.undo()
     wire.send("/mvae/z", 1.0)
     assert len(wire.melodies()) == 1
+
+
+def test_a_decode_gone_stale_stops_and_the_newer_request_answers(vae: MelodyVAE) -> None:
+    wire = Wire(vae)
+    engine = wire.core.engine
+    wire.send("/mvae/z", 1.0)
+    with engine.cond:
+        running = engine.decodes.take()  # the worker has started on this one
+    wire.send("/mvae/z", 2.0)  # ... when the client moves on
+    engine._decode(running)
+    assert engine.stats.cancelled == 1
+    assert engine.stats.decoded == 0
+    melodies = wire.melodies()
+    assert len(melodies) == 1
+    z = np.zeros(Z_DIM, np.float32)
+    z[0] = 2.0
+    assert melodies[0]["notes"] == [
+        (p, v, pytest.approx(s), pytest.approx(d)) for p, v, s, d in notes_of(vae, z)]
