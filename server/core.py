@@ -283,6 +283,7 @@ class ServerCore:
                 "clients": len(self.clients),
                 "encoded": e.stats.encoded,
                 "errors": self.errors,  # /mvae/error replies
+                "cancelled": e.stats.cancelled,  # running decodes stopped as stale
             }
 
     def _z(self, client: ClientState, args: Args) -> None:
