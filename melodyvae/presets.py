@@ -96,7 +96,8 @@ PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
         _preset("hier-4bar", "4-bar hierarchical melody VAE (the live default)",
-                dict(bars=4, z_dim=128), dict(free_bits=128.0)),
+                dict(bars=4, z_dim=128, cond_hidden=192, dec_hidden=192),
+                dict(free_bits=128.0)),
         _preset("hier-16bar", "16-bar hierarchical melody VAE (conductor over 16 bars)",
                 dict(bars=16, z_dim=256, enc_hidden=192), dict(free_bits=256.0, batch_size=64)),
         _preset("flat-16bar", "16-bar flat baseline: one decoder RNN over 256 steps",

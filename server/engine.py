@@ -4,8 +4,8 @@ The network thread never runs the model. It puts a job in its client's slot and 
 worker; a newer job replaces an older one still waiting (a slider flood leaves at most one
 pending decode per client; the stale ones are dropped and counted), and a decode already
 running stops at its next step once every client in its batch has asked for something
-newer. The worker takes every
-waiting job at once, encodes the note lists among them as one batch, then decodes the
+newer (but never twice in a row for a client, so a flood still hears every other melody).
+The worker takes every waiting job at once, encodes the note lists among them as one batch, then decodes the
 latent vectors as one batch per (temperature, seed) group — greedy decodes of all clients
 share one batch — and hands each result to the :class:`Sink`.
 
@@ -224,10 +224,13 @@ class Engine:
         for (temperature, seed), items in groups.items():
             batch = [job for job, _ in items]
             keys = [job.client.key for job in batch]
+            # Stop this decode once every client of the batch has asked for something newer,
+            # unless the last decode of one of them was stopped too: a flood then still
+            # gets every other melody out instead of none.
+            cancellable = not any(job.client.decode_cancelled for job in batch)
 
-            def stale(keys: list[Addr] = keys) -> bool:
-                # every client of this batch already asked for something newer
-                return all(key in self.decodes.jobs for key in keys)
+            def stale(keys: list[Addr] = keys, cancellable: bool = cancellable) -> bool:
+                return cancellable and all(key in self.decodes.jobs for key in keys)
 
             try:
                 z = np.stack([z for _, z in items]).astype(np.float32)  # (B, Z)
@@ -237,10 +240,14 @@ class Engine:
                             for job, row in zip(batch, tokens, strict=True)]
             except DecodeCancelled:
                 self.stats.cancelled += len(batch)  # their newer requests are waiting
+                for job in batch:
+                    job.client.decode_cancelled = True
                 continue
             except Exception as e:
                 self._fail(batch, e)
                 continue
+            for job in batch:
+                job.client.decode_cancelled = False
             self.stats.batches += 1
             self.stats.decoded += len(batch)
             self.stats.max_batch = max(self.stats.max_batch, len(batch))

@@ -129,6 +129,7 @@ class ClientState:
     lookahead: float = DEFAULT_LOOKAHEAD  # seconds, playback bundles ahead of their time
     slots: OrderedDict[str, np.ndarray] = field(default_factory=OrderedDict)
     melody: Melody | None = None  # the last melody sent (what /mvae/play loops)
+    decode_cancelled: bool = False  # the model thread stopped this client's last decode
 
     def __post_init__(self) -> None:
         self.pcs = np.zeros(len(self.axes.dirs))

@@ -501,3 +501,16 @@ def test_a_decode_gone_stale_stops_and_the_newer_request_answers(vae: MelodyVAE)
     z[0] = 2.0
     assert melodies[0]["notes"] == [
         (p, v, pytest.approx(s), pytest.approx(d)) for p, v, s, d in notes_of(vae, z)]
+
+
+def test_a_flood_never_cancels_twice_in_a_row(vae: MelodyVAE) -> None:
+    wire = Wire(vae)
+    engine = wire.core.engine
+    for value in (1.0, 2.0, 3.0):
+        wire.send("/mvae/z", value)
+        with engine.cond:
+            running = engine.decodes.take()
+        wire.send("/mvae/z", value + 0.5)  # always a newer request waiting
+        engine._decode(running)
+    assert engine.stats.cancelled == 2  # stopped, finished, stopped
+    assert engine.stats.decoded == 1
