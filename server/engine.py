@@ -5,9 +5,9 @@ worker; a newer job replaces an older one still waiting (a slider flood leaves a
 pending decode per client; the stale ones are dropped and counted), and a decode already
 running stops at its next step once every client in its batch has asked for something
 newer (but never twice in a row for a client, so a flood still hears every other melody).
-The worker takes every waiting job at once, encodes the note lists among them as one batch, then decodes the
-latent vectors as one batch per (temperature, seed) group — greedy decodes of all clients
-share one batch — and hands each result to the :class:`Sink`.
+The worker takes every waiting job at once, encodes the note lists among them as one
+batch, then decodes the latent vectors as one batch per (temperature, seed) group — greedy
+decodes of all clients share one batch — and hands each result to the :class:`Sink`.
 
 Live answers come as *tasks*: model work with a deadline (see live.py), one waiting per
 client, run before the encodes and decodes waiting beside them.
