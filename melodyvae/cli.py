@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from melodyvae.argtypes import non_negative_int, positive_int
 from melodyvae.errors import MelodyVAEError
 
 PROG = "melodyvae"
@@ -21,26 +22,6 @@ EXIT_USER_ERROR = 2
 
 class UserError(MelodyVAEError):
     """A mistake in what the user asked for; printed as one line."""
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
-    return value
 
 
 def _existing_file(text: str) -> Path:
@@ -192,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "16th-note grid and write it as a one-track MIDI file.")
     p.add_argument("input", metavar="IN.mid", type=_existing_file)
     p.add_argument("output", metavar="OUT.mid", type=Path)
-    p.add_argument("--track", type=_non_negative_int, default=None,
+    p.add_argument("--track", type=non_negative_int, default=None,
                    help="take this track (0 = the first instrument) instead of the busiest "
                         "non-drum one")
     p.set_defaults(func=cmd_extract)
@@ -205,9 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--folk", action="store_true",
                         help="music21's folk collections (needs melodyvae[folk])")
     p.add_argument("--out", metavar="FILE", required=True, help="corpus file to write (.npz)")
-    p.add_argument("--bars", type=_positive_int, default=4, help="bars per phrase (4)")
-    p.add_argument("--hop", type=_positive_int, default=1, help="bars between phrases (1)")
-    p.add_argument("--workers", type=_positive_int, default=None,
+    p.add_argument("--bars", type=positive_int, default=4, help="bars per phrase (4)")
+    p.add_argument("--hop", type=positive_int, default=1, help="bars between phrases (1)")
+    p.add_argument("--workers", type=positive_int, default=None,
                    help="parallel processes (all cores)")
     p.add_argument("--cache-dir", default=None,
                    help="where parsed folk tunes are cached (~/.cache/melodyvae)")
@@ -226,14 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
                    help="override a preset field, e.g. train.lr=3e-4 or model.z_dim=64")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads")
-    p.add_argument("--seed", type=_non_negative_int, default=0)
-    p.add_argument("--max-steps", type=_positive_int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--max-steps", type=positive_int, default=None,
                    help="stop at this step (the preset's otherwise)")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop after this long, with a checkpoint")
-    p.add_argument("--checkpoint-every", type=_positive_int, default=200)
-    p.add_argument("--eval-every", type=_positive_int, default=200)
+    p.add_argument("--checkpoint-every", type=positive_int, default=200)
+    p.add_argument("--eval-every", type=positive_int, default=200)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -245,9 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--split", default="test", choices=("train", "valid", "test"),
                    help="corpus split (test)")
-    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda or mps")
-    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("axes", help="compute the latent sliders (PCA and attributes)",
@@ -257,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL", help="checkpoint file (or shipped name with --out)")
     p.add_argument("data", metavar="DATA", help="corpus file (train split) or MIDI folder")
     p.add_argument("--out", default=None, help="write here instead of updating MODEL")
-    p.add_argument("--phrases", type=_positive_int, default=20000,
+    p.add_argument("--phrases", type=positive_int, default=20000,
                    help="phrases to use at most (20000)")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda or mps")
     p.set_defaults(func=cmd_axes)

@@ -31,6 +31,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from melodyvae.argtypes import positive_int, real_number, whole_number
 from melodyvae.errors import MelodyVAEError
 
 if TYPE_CHECKING:
@@ -48,51 +49,16 @@ SCORE_BATCH = 256  # phrases scored together (teacher-forced, one pass)
 SYNTHS = ("auto", "fluidsynth", "builtin")
 
 
+_SEED = whole_number(0, 2**63 - 1)
+_NON_NEGATIVE = real_number(0.0)
+_TEMPO = real_number(10.0, 400.0, unit="qpm")
+
+
 class CommandError(MelodyVAEError):
     """A bad argument or input for one of these commands."""
 
 
 # ------------------------------------------------------------------ argument types
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
-    return value
-
-
-def _tempo(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 10.0 <= value <= 400.0:
-        raise argparse.ArgumentTypeError(f"{text} qpm is outside 10..400")
-    return value
 
 
 # ------------------------------------------------------------------ shared helpers
@@ -526,16 +492,16 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default="auto",
                        help="where the model runs: auto (a GPU when there is one), cpu, "
                             "cuda or mps")
-    group.add_argument("--threads", type=_positive_int, default=None,
+    group.add_argument("--threads", type=positive_int, default=None,
                        help="CPU threads to use (all by default)")
 
 
 def _sampling_options(p: argparse.ArgumentParser, temperature: float) -> None:
-    p.add_argument("--temperature", type=_non_negative_float, default=temperature,
+    p.add_argument("--temperature", type=_NON_NEGATIVE, default=temperature,
                    help="how adventurous the notes are: 0 always takes the model's likeliest "
                         "note, 1 plays as it learned, above 1 gets wilder "
                         f"(default {temperature:g})")
-    p.add_argument("--seed", type=_seed, default=None,
+    p.add_argument("--seed", type=_SEED, default=None,
                    help="the same seed gives the same files again (default: a fresh seed, "
                         "printed so you can repeat a run)")
 
@@ -543,7 +509,7 @@ def _sampling_options(p: argparse.ArgumentParser, temperature: float) -> None:
 def _batch_options(p: argparse.ArgumentParser, prefix: str) -> None:
     p.add_argument("--prefix", default=prefix,
                    help=f"start of each file name (default {prefix!r}: {prefix}000.mid, ...)")
-    p.add_argument("--batch-size", type=_positive_int, default=None,
+    p.add_argument("--batch-size", type=positive_int, default=None,
                    help=f"melodies worked on at once (default {CPU_BATCH} on a CPU, "
                         f"{GPU_BATCH} on a GPU); part of what a seed repeats")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -571,7 +537,7 @@ def _synth_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None
 def _input_tempo_option(p: argparse.ArgumentParser, also_output: bool) -> None:
     words = (" and of the files written (default: the input's own tempo)"
              if also_output else "")
-    p.add_argument("--qpm", type=_tempo, default=None,
+    p.add_argument("--qpm", type=_TEMPO, default=None,
                    help="tempo in quarter notes per minute of a WAV input (estimated from "
                         f"the recording when not given){words}")
 
@@ -583,11 +549,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         description="Dream up N new melodies from the model and write each as a MIDI file "
                     "you can drag into a DAW, optionally with a WAV preview and a piano-roll "
                     "picture. The same --seed writes the same files again.")
-    p.add_argument("-n", type=_positive_int, default=8, metavar="N",
+    p.add_argument("-n", type=positive_int, default=8, metavar="N",
                    help="how many melodies (default 8)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR",
                    help="folder to write into (made if missing)")
-    p.add_argument("--qpm", type=_tempo, default=120.0,
+    p.add_argument("--qpm", type=_TEMPO, default=120.0,
                    help="tempo of the files in quarter notes per minute (default 120)")
     _sampling_options(p, 0.5)
     _batch_options(p, "melody_")
@@ -603,7 +569,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     "first phrase (the model's number of bars) is used.")
     p.add_argument("start", type=Path, metavar="A.mid", help="where the morph starts")
     p.add_argument("end", type=Path, metavar="B.mid", help="where it ends")
-    p.add_argument("--steps", type=_positive_int, default=5, metavar="K",
+    p.add_argument("--steps", type=positive_int, default=5, metavar="K",
                    help="melodies to write, both ends included (default 5)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write")
     p.add_argument("--lerp", action="store_true",
@@ -622,9 +588,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     "wanders around it by --amount. Hum or play into a WAV file, or give a "
                     "MIDI file; only its first phrase (the model's number of bars) is used.")
     p.add_argument("input", type=Path, metavar="IN.mid|IN.wav", help="the melody to vary")
-    p.add_argument("-n", type=_positive_int, default=8, metavar="N",
+    p.add_argument("-n", type=positive_int, default=8, metavar="N",
                    help="how many variations (default 8)")
-    p.add_argument("--amount", type=_non_negative_float, default=0.5, metavar="X",
+    p.add_argument("--amount", type=_NON_NEGATIVE, default=0.5, metavar="X",
                    help="how far to stray: 0 = the melody as the model hears it, 0.2-0.5 "
                         "close variations, 1 or more = loosely related (default 0.5)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write")
@@ -660,7 +626,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="JSON file with the numbers; - reads them from standard input")
     p.add_argument("--out", type=Path, required=True, metavar="OUT.mid",
                    help="MIDI file to write")
-    p.add_argument("--qpm", type=_tempo, default=120.0,
+    p.add_argument("--qpm", type=_TEMPO, default=120.0,
                    help="tempo of the file in quarter notes per minute (default 120)")
     _sampling_options(p, 0.0)
     _preview_options(p)
@@ -678,7 +644,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", type=Path, nargs="+", metavar="IN.mid",
                    help="MIDI files or recordings")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--batch-size", type=_positive_int, default=SCORE_BATCH,
+    p.add_argument("--batch-size", type=positive_int, default=SCORE_BATCH,
                    help=f"phrases scored at once (default {SCORE_BATCH})")
     _input_tempo_option(p, also_output=False)
     _model_options(p)
@@ -693,7 +659,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", type=Path, metavar="IN.mid")
     p.add_argument("output", type=Path, metavar="OUT.wav")
     _synth_options(p)
-    p.add_argument("--sample-rate", type=_positive_int, default=44_100, metavar="HZ",
+    p.add_argument("--sample-rate", type=positive_int, default=44_100, metavar="HZ",
                    help="sample rate of the WAV (default 44100)")
     p.set_defaults(func=cmd_render)
 
@@ -705,7 +671,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     "note is dropped, so the first note lands on the first beat.")
     p.add_argument("input", type=Path, metavar="IN.wav")
     p.add_argument("output", type=Path, metavar="OUT.mid")
-    p.add_argument("--qpm", type=_tempo, default=None,
+    p.add_argument("--qpm", type=_TEMPO, default=None,
                    help="tempo in quarter notes per minute (estimated when not given)")
     p.add_argument("--png", action="store_true", help="also draw a piano roll (OUT.png)")
     p.set_defaults(func=cmd_transcribe)

@@ -5,35 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from melodyvae.argtypes import positive_int, real_number, whole_number
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port {value} is outside 0..65535")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
-
-
-def _lookahead(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of milliseconds") from None
-    if not 0 <= value <= 2000:
-        raise argparse.ArgumentTypeError(f"lookahead {text} ms is outside 0..2000")
-    return value
+_PORT = whole_number(0, 65535, what="a port number")
+_LOOKAHEAD = real_number(0.0, 2000.0, what="a number of milliseconds", unit="ms")
 
 
 def _folder(text: str) -> Path:
@@ -54,20 +29,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="shipped model name or checkpoint file (hier-4bar)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (127.0.0.1; 0.0.0.0 for the network)")
-    p.add_argument("--port", type=_port, default=9000, help="UDP port (9000; 0 = any free)")
+    p.add_argument("--port", type=_PORT, default=9000, help="UDP port (9000; 0 = any free)")
     p.add_argument("--reply-host", default=None, metavar="H",
                    help="send replies to this host instead of the sender's")
-    p.add_argument("--reply-port", type=_port, default=None, metavar="P",
+    p.add_argument("--reply-port", type=_PORT, default=None, metavar="P",
                    help="send replies to this port instead of the sender's")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                    help="auto takes CUDA, then MPS, then the CPU (auto)")
-    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="CPU threads for the model (torch's default)")
     p.add_argument("--allow-dir", type=_folder, default=None, metavar="DIR",
                    help="let /mvae/encode/file read MIDI and WAV files inside DIR")
-    p.add_argument("--lookahead", type=_lookahead, default=100.0, metavar="MS",
+    p.add_argument("--lookahead", type=_LOOKAHEAD, default=100.0, metavar="MS",
                    help="playback bundles are sent this long before their time (100)")
-    p.add_argument("--max-clients", type=_positive_int, default=64, metavar="N",
+    p.add_argument("--max-clients", type=positive_int, default=64, metavar="N",
                    help="clients remembered; the least recently heard is forgotten (64)")
     p.set_defaults(func=cmd_serve)
 
