@@ -29,6 +29,7 @@ from melodyvae.errors import MelodyVAEError
 from melodyvae.melody import Melody
 from melodyvae.model import DecodeCancelled
 from melodyvae.server.state import Addr, ClientState
+from melodyvae.server.worker import Worker
 
 if TYPE_CHECKING:
     from melodyvae.inference import MelodyVAE
@@ -117,7 +118,7 @@ class EngineStats:
     cancelled: int = 0  # decodes stopped part-way because every client had a newer request
 
 
-class Engine:
+class Engine(Worker):
     """Runs the model for all clients, from one worker thread."""
 
     def __init__(self, vae: MelodyVAE, sink: Sink, state_lock: threading.RLock,
@@ -125,13 +126,11 @@ class Engine:
         self.vae = vae
         self.sink = sink
         self.state_lock = state_lock  # guards client state read while building z
-        self.cond = threading.Condition()
+        super().__init__()
         self.decodes: LatestWins[DecodeJob] = LatestWins(max_clients)
         self.encodes: LatestWins[EncodeJob] = LatestWins(max_clients)
         self.tasks: LatestWins[Callable[[], None]] = LatestWins(max_clients)
         self.stats = EngineStats()
-        self._stopping = False
-        self._thread: threading.Thread | None = None
         self.on_batch: Callable[[int], None] | None = None  # test hook: batch sizes
 
     # ------------------------------------------------------------ network thread side
@@ -161,6 +160,11 @@ class Engine:
             self.tasks.jobs.pop(key, None)
 
     # ------------------------------------------------------------ worker side
+    thread_name = "mvae-engine"
+
+    def has_work(self) -> bool:
+        return bool(self.decodes.jobs or self.encodes.jobs or self.tasks.jobs)
+
     def run_pending(self) -> int:
         """Process every waiting job now; the number processed. (The worker's step; tests
         call it directly instead of starting the thread.)"""
@@ -178,30 +182,6 @@ class Engine:
         if decodes:
             self._decode(decodes)
         return len(tasks) + len(encodes) + len(decodes)
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="mvae-engine", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        with self.cond:
-            self._stopping = True
-            self.cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _loop(self) -> None:
-        while True:
-            with self.cond:
-                while not (self._stopping or self.decodes.jobs or self.encodes.jobs
-                           or self.tasks.jobs):
-                    self.cond.wait()
-                if self._stopping:
-                    return
-            try:
-                self.run_pending()
-            except Exception:  # a bug here must not leave the server deaf
-                _LOGGER.exception("the model thread failed; going on")
 
     def _encode(self, jobs: list[EncodeJob]) -> None:
         try:

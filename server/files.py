@@ -8,7 +8,6 @@ engine as an encode job like a note list would.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from melodyvae.errors import MelodyVAEError
 from melodyvae.melody import Melody
 from melodyvae.server.engine import LatestWins
 from melodyvae.server.state import ClientState
+from melodyvae.server.worker import Worker
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -71,17 +71,15 @@ class FileJob:
     path: Path
 
 
-class FileLoader:
+class FileLoader(Worker):
     """A thread that reads files and hands their melodies on."""
 
     def __init__(self, deliver: Callable[[FileJob, Melody], None],
                  fail: Callable[[ClientState, str, str], None], max_clients: int = 64) -> None:
         self.deliver = deliver
         self.fail = fail
-        self.cond = threading.Condition()
+        super().__init__()
         self.jobs: LatestWins[FileJob] = LatestWins(max_clients)
-        self._stopping = False
-        self._thread: threading.Thread | None = None
 
     def submit(self, job: FileJob) -> None:
         with self.cond:
@@ -105,25 +103,7 @@ class FileLoader:
             self.deliver(job, melody)
         return len(jobs)
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="mvae-files", daemon=True)
-        self._thread.start()
+    thread_name = "mvae-files"
 
-    def stop(self, timeout: float = 2.0) -> None:
-        with self.cond:
-            self._stopping = True
-            self.cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _loop(self) -> None:
-        while True:
-            with self.cond:
-                while not (self._stopping or self.jobs.jobs):
-                    self.cond.wait()
-                if self._stopping:
-                    return
-            try:
-                self.run_pending()
-            except Exception:  # a bug here must not end the thread
-                _LOGGER.exception("the file thread failed; going on")
+    def has_work(self) -> bool:
+        return bool(self.jobs.jobs)
