@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import resolve
 from pythonosc.osc_bundle import OscBundle
 from pythonosc.osc_bundle_builder import OscBundleBuilder
 from pythonosc.osc_message import OscMessage
@@ -52,24 +53,6 @@ def osc(address: str, *args: Any) -> OscMessage:
     for value in args:
         builder.add_arg(value)
     return builder.build()
-
-
-def resolve(model: str, tmp: Path) -> tuple[str, bool]:
-    """A checkpoint for ``model``; builds an untrained one for a preset name not shipped."""
-    from melodyvae.inference import ModelNotFoundError, resolve_model
-
-    try:
-        return str(resolve_model(model)), False
-    except ModelNotFoundError:
-        pass
-    from melodyvae.checkpoint import save_checkpoint
-    from melodyvae.model import VAE
-    from melodyvae.presets import get_preset
-
-    preset = get_preset(model)  # an unknown name fails here, with the preset list
-    path = tmp / f"{model}-untrained.safetensors"
-    save_checkpoint(path, VAE(preset.model), preset)
-    return str(path), True
 
 
 def start_server(model: str, threads: int, lookahead: float) -> tuple[subprocess.Popen[str], int]:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import resolve
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 GOALS_P99_MS = {"hier-4bar": 10.0, "hier-16bar": 30.0}  # on one CPU core
@@ -98,24 +99,6 @@ def stop(proc: subprocess.Popen[str]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-
-
-def resolve(model: str, tmp: Path) -> tuple[str, bool]:
-    """A checkpoint for ``model``; builds an untrained one for a preset name not shipped."""
-    from melodyvae.inference import ModelNotFoundError, resolve_model
-
-    try:
-        return str(resolve_model(model)), False
-    except ModelNotFoundError:
-        pass
-    from melodyvae.checkpoint import save_checkpoint
-    from melodyvae.model import VAE
-    from melodyvae.presets import get_preset
-
-    preset = get_preset(model)  # an unknown name fails here, with the preset list
-    path = tmp / f"{model}-untrained.safetensors"
-    save_checkpoint(path, VAE(preset.model), preset)
-    return str(path), True
 
 
 # ------------------------------------------------------------------ measurements
