@@ -3,7 +3,32 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import time
 from pathlib import Path
+
+LISTENING = re.compile(r"listening on (\S+):(\d+)")
+
+
+def start(command: list[str], timeout: float = 180.0) -> tuple[subprocess.Popen[str], int]:
+    """Start a server process; wait for its ``listening on HOST:PORT`` line; its port."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    lines: list[str] = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        match = LISTENING.search(line)
+        if match:
+            return proc, int(match.group(2))
+    proc.kill()
+    _, err = proc.communicate()
+    raise SystemExit(f"{' '.join(command)} did not start:\n{''.join(lines)}{err}")
 
 
 def resolve(model: str, tmp: Path) -> tuple[str, bool]:

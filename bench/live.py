@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import socket
 import statistics
 import subprocess
@@ -39,12 +38,12 @@ from typing import Any
 
 import numpy as np
 from common import resolve
+from common import start as start_process
 from pythonosc.osc_bundle import OscBundle
 from pythonosc.osc_bundle_builder import OscBundleBuilder
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 
-LISTENING = re.compile(r"listening on (\S+):(\d+)")
 BEGIN = b"/mvae/answer/begin"
 
 
@@ -58,21 +57,7 @@ def osc(address: str, *args: Any) -> OscMessage:
 def start_server(model: str, threads: int, lookahead: float) -> tuple[subprocess.Popen[str], int]:
     command = [sys.executable, "-m", "melodyvae.cli", "serve", "--model", model, "--port", "0",
                "--threads", str(threads), "--lookahead", str(lookahead)]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 180
-    lines: list[str] = []
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        match = LISTENING.search(line)
-        if match:
-            return proc, int(match.group(2))
-    proc.kill()
-    _, err = proc.communicate()
-    raise SystemExit(f"{' '.join(command)} did not start:\n{''.join(lines)}{err}")
+    return start_process(command)
 
 
 def phrase(rng: np.random.Generator, steps: int) -> list[tuple[int, int, int]]:

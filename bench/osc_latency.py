@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import socket
 import statistics
 import subprocess
@@ -36,12 +35,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import resolve
+from common import resolve, start
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 GOALS_P99_MS = {"hier-4bar": 10.0, "hier-16bar": 30.0}  # on one CPU core
 END = b"/mvae/melody/end\x00"
-LISTENING = re.compile(r"listening on (\S+):(\d+)")
 
 
 def osc(address: str, *args: Any) -> bytes:
@@ -70,26 +68,6 @@ def echo_server() -> None:
     server = BlockingOSCUDPServer(("127.0.0.1", 0), dispatcher)
     print(f"echo: listening on 127.0.0.1:{server.server_address[1]}", flush=True)
     server.serve_forever()
-
-
-def start(command: list[str], timeout: float = 120.0) -> tuple[subprocess.Popen[str], int]:
-    """Start a server process; wait for its ``listening on HOST:PORT`` line."""
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    lines: list[str] = []
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        match = LISTENING.search(line)
-        if match:
-            return proc, int(match.group(2))
-    proc.kill()
-    _, err = proc.communicate()
-    raise SystemExit(f"{' '.join(command)} did not start:\n{''.join(lines)}{err}")
 
 
 def stop(proc: subprocess.Popen[str]) -> None:
