@@ -19,6 +19,7 @@ from conftest import random_tokens
 from safetensors import safe_open
 
 from melodyvae.checkpoint import load_checkpoint
+from melodyvae.model import VAE
 from melodyvae.presets import get_preset, with_overrides
 from melodyvae.training.corpus import CORPUS_FORMAT_VERSION, Corpus
 from melodyvae.training.train import (
@@ -30,6 +31,7 @@ from melodyvae.training.train import (
     TrainingError,
     learning_rate,
     train,
+    warm_start,
 )
 
 PRESET = "tiny-hier-4bar"
@@ -230,6 +232,30 @@ def test_init_from_continues_the_step_with_a_fresh_optimizer(tmp_path: Path,
     assert adam_steps(tmp_path / "second" / STATE_FILE) == {4.0}  # a new optimizer
     after = load_checkpoint(second).model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
-    other = with_overrides(preset, ["model.z_dim=4"])
-    with pytest.raises(TrainingError, match="another model config"):
-        train(other, options(tmp_path / "third", corpus_file, init_from=first))
+
+
+def test_warm_start_copies_the_tensors_that_fit() -> None:
+    preset = get_preset("tiny-hier-4bar")
+    torch.manual_seed(1)
+    source = VAE(preset.model)
+    wider_z = VAE(with_overrides(preset, ["model.z_dim=4"]).model)
+    fresh = {k: v.clone() for k, v in wider_z.state_dict().items()}
+    copied, total = warm_start(wider_z, source)
+    theirs, ours = source.state_dict(), wider_z.state_dict()
+    same = [k for k in ours if ours[k].shape == theirs[k].shape]
+    assert "decoder.rnn.weight_hh_l0" in same and "encoder.rnn.weight_hh_l0" in same
+    assert "encoder.to_mu.weight" not in same and "decoder.cond_init.proj.weight" not in same
+    assert copied == sum(ours[k].numel() for k in same) and 0 < copied < total
+    for key in ours:
+        assert torch.equal(ours[key], theirs[key] if key in same else fresh[key]), key
+
+
+def test_init_from_another_shape_starts_the_schedules_over(tmp_path: Path,
+                                                             corpus_file: Path) -> None:
+    preset = get_preset("tiny-hier-4bar")
+    first = train(preset, options(tmp_path / "first", corpus_file, max_steps=12))
+    wider_z = with_overrides(preset, ["model.z_dim=4"])
+    third = train(wider_z, options(tmp_path / "third", corpus_file, init_from=first,
+                                   max_steps=4))
+    assert [r["step"] for r in read_metrics(tmp_path / "third") if r["kind"] == "train"][0] == 1
+    assert load_checkpoint(third).preset.model.z_dim == 4

@@ -100,6 +100,22 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def warm_start(model: nn.Module, source: nn.Module) -> tuple[int, int]:
+    """Copy every tensor of ``source`` whose name and shape ``model`` shares (an encoder of
+    the same width, a bar decoder of the same size); the rest keeps its fresh init.
+    Returns (parameters copied, parameters in ``model``)."""
+    theirs = source.state_dict()
+    copied = 0
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            other = theirs.get(name)
+            if other is not None and other.shape == tensor.shape:
+                tensor.copy_(other.to(tensor.dtype))
+                copied += tensor.numel()
+    total = sum(t.numel() for t in model.state_dict().values())
+    return copied, total
+
+
 def _distributed() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from torchrun's environment, (0, 1, 0) otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -225,12 +241,19 @@ def train(preset: Preset, options: RunOptions) -> Path:
             start = load_checkpoint(options.init_from)
         except CheckpointError as e:
             raise TrainingError(str(e)) from e
-        if start.preset.model != preset.model:
-            raise TrainingError(f"{options.init_from}: another model config than {preset.name}")
-        model = start.model.float()
-        trained = start.info.get("training") or {}
-        step = int(trained.get("step", 0))  # the schedules go on from there
-        elapsed_before = float(trained.get("elapsed_s", 0.0))
+        if start.preset.model == preset.model:
+            model = start.model.float()
+            trained = start.info.get("training") or {}
+            step = int(trained.get("step", 0))  # the schedules go on from there
+            elapsed_before = float(trained.get("elapsed_s", 0.0))
+        else:  # another shape: a warm start from whatever fits, schedules from step 0
+            copied, total = warm_start(model, start.model)
+            if copied == 0:
+                raise TrainingError(
+                    f"{options.init_from}: another model config than {preset.name}, "
+                    "and no weight of the same name and shape to start from")
+            _LOGGER.warning("warm start from %s: %s of %s parameters copied",
+                            options.init_from, f"{copied:,}", f"{total:,}")
     model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     if options.resume:
