@@ -1,7 +1,10 @@
 """Decode latency at batch 1 on one CPU thread: parallel bars vs bar after bar vs a GEMM floor.
 
 For every non-tiny preset (untrained weights: latency does not depend on their values):
-* ``parallel_ms``: all bars decoded as one batch (16 autoregressive steps for a 16-step bar);
+* ``parallel_ms``: all bars decoded as one batch (16 autoregressive steps for a 16-step bar),
+  on the CPU decoder of melodyvae.cpu_decode (NumPy);
+* ``torch_stepper_ms``: the same decode on the PyTorch stepper (the CUDA/MPS path), and
+  ``numpy_speedup``, the ratio of the two;
 * ``sequential_ms``: the same weights, bars decoded one after another (the MusicVAE way);
 * ``floor_ms``: one matrix multiply with the same multiply-adds as the whole decode, at the
   decode's row count: (rows, K) @ (K, N) with rows = the rows decoded together (B * bars,
@@ -26,6 +29,7 @@ from functools import partial
 
 import torch
 
+from melodyvae import model as model_module
 from melodyvae.model import VAE
 from melodyvae.presets import PRESETS, is_tiny
 
@@ -65,12 +69,17 @@ def main() -> None:
         with torch.inference_mode():
             parallel = median_ms(partial(model.sample, z, parallel=True), args.repeats)
             sequential = median_ms(partial(model.sample, z, parallel=False), args.repeats)
+            model_module.NUMPY_ON_CPU = False
+            stepper = median_ms(partial(model.sample, z, parallel=True), args.repeats)
+            model_module.NUMPY_ON_CPU = True
             floor = median_ms(partial(torch.mm, a, b), args.repeats)
             floor_all = median_ms(partial(torch.mm, a_all, b_all), args.repeats * 4)
         del a, b
         results[name] = {
             "parallel_ms": round(parallel, 3),
             "sequential_ms": round(sequential, 3),
+            "torch_stepper_ms": round(stepper, 3),
+            "numpy_speedup": round(stepper / parallel, 2),
             "floor_ms": round(floor, 3),
             "floor_all_steps_ms": round(floor_all, 3),
             "speedup": round(sequential / parallel, 2),
@@ -79,6 +88,7 @@ def main() -> None:
             "decode_mmacs": round(macs / 1e6, 1),
         }
         print(f"{name:>12}: parallel {parallel:7.2f} ms  sequential {sequential:7.2f} ms  "
+              f"torch stepper {stepper:7.2f} ms  "
               f"floor {floor:6.2f} ms  all-steps floor {floor_all:6.2f} ms  "
               f"({sequential / parallel:.1f}x faster, {parallel / floor:.2f}x the floor, "
               f"{parallel / floor_all:.2f}x the all-steps floor)", flush=True)

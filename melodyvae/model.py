@@ -25,16 +25,20 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from melodyvae import cpu_decode
+from melodyvae.cpu_decode import Cancel, DecodeCancelled
 from melodyvae.presets import ModelConfig
+
+__all__ = ["VAE", "DecodeCancelled", "Cancel", "kl_divergence", "reconstruction_nll",
+           "vae_loss"]
+
+# Decode on the CPU with melodyvae.cpu_decode (NumPy): the same arithmetic with less
+# per-operation overhead. False keeps every decode on the PyTorch stepper (tests compare).
+NUMPY_ON_CPU = True
 
 _T = TypeVar("_T")
 
 
-class DecodeCancelled(Exception):
-    """A decode stopped early because its ``cancel`` callback said so."""
-
-
-Cancel = Callable[[], bool]  # asked once per decode step; True stops the decode
 
 
 class Decoder(Protocol):
@@ -245,6 +249,14 @@ def _cached(module: nn.Module, attr: str, build: Callable[[], _T]) -> _T:
     return result
 
 
+def _numpy_decodes(decoder: nn.Module, z: Tensor) -> bool:
+    """Whether this decode goes to :mod:`melodyvae.cpu_decode`: CPU tensors of the model's
+    own float type."""
+    weight = _weight(decoder.out, "weight")  # type: ignore[arg-type]
+    return (NUMPY_ON_CPU and z.device.type == "cpu" and weight.device.type == "cpu"
+            and z.dtype == weight.dtype and z.dtype in (torch.float32, torch.float64))
+
+
 def _stepper(module: nn.Module) -> _Stepper:
     """The decoder module's stepper, rebuilt whenever its weights have changed."""
     return _cached(
@@ -323,6 +335,9 @@ class HierarchicalDecoder(nn.Module):
     def sample(self, z: Tensor, temperature: float = 0.0,
                generator: torch.Generator | None = None, parallel: bool = True,
                cancel: Cancel | None = None) -> Tensor:
+        if _numpy_decodes(self, z):
+            engine = _cached(self, "_numpy_cache", lambda: cpu_decode.HierarchicalNumpy(self))
+            return cpu_decode.decode(engine, z, temperature, generator, parallel, cancel)
         cfg = self.cfg
         b = z.shape[0]
         c = self._conduct(z)  # (B, bars, C)
@@ -366,6 +381,9 @@ class FlatDecoder(nn.Module):
     def sample(self, z: Tensor, temperature: float = 0.0,
                generator: torch.Generator | None = None, parallel: bool = True,
                cancel: Cancel | None = None) -> Tensor:
+        if _numpy_decodes(self, z):
+            engine = _cached(self, "_numpy_cache", lambda: cpu_decode.FlatNumpy(self))
+            return cpu_decode.decode(engine, z, temperature, generator, parallel, cancel)
         return _stepper(self).run(z, self.init(z), self.start_token, self.cfg.steps,
                                   temperature, generator, cancel)
 

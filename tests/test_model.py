@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.distributions import Normal, kl_divergence
 
+from melodyvae import model as model_module
 from melodyvae.melody import NOTE_OFFSET, VOCAB_SIZE
 from melodyvae.model import VAE, vae_loss
 from melodyvae.presets import PRESETS, TrainConfig, get_preset
@@ -26,6 +27,13 @@ TINY_HIER = ["tiny-hier-4bar", "tiny-hier-16bar"]
 @pytest.fixture(autouse=True)
 def _one_thread() -> None:
     torch.set_num_threads(1)
+
+
+@pytest.fixture(params=["numpy", "torch"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Decode on the CPU with melodyvae.cpu_decode (numpy) or the PyTorch stepper."""
+    monkeypatch.setattr(model_module, "NUMPY_ON_CPU", request.param == "numpy")
+    return str(request.param)
 
 
 def tiny_model(name: str, seed: int = 0) -> VAE:
@@ -101,7 +109,7 @@ def test_encode_rejects_wrong_lengths(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", TINY)
-def test_batched_equals_one_by_one(name: str) -> None:
+def test_batched_equals_one_by_one(name: str, backend: str) -> None:
     model = tiny_model(name)
     x = torch.as_tensor(random_tokens(3, model.cfg.steps, seed=2))
     with torch.no_grad():
@@ -121,7 +129,7 @@ def test_batched_equals_one_by_one(name: str) -> None:
 
 @pytest.mark.parametrize("name", TINY_HIER)
 @pytest.mark.parametrize("batch", [1, 3])
-def test_parallel_equals_sequential_bar_decode(name: str, batch: int) -> None:
+def test_parallel_equals_sequential_bar_decode(name: str, batch: int, backend: str) -> None:
     model = opinionated_model(name, seed=batch)
     z = torch.randn(batch, model.cfg.z_dim, generator=torch.Generator().manual_seed(7)) * 2
     parallel = model.sample(z, temperature=0.0, parallel=True)
@@ -133,7 +141,7 @@ def test_parallel_equals_sequential_bar_decode(name: str, batch: int) -> None:
 
 
 @pytest.mark.parametrize("name", TINY)
-def test_seeded_sampling_is_reproducible(name: str) -> None:
+def test_seeded_sampling_is_reproducible(name: str, backend: str) -> None:
     model = tiny_model(name)
     z = torch.randn(3, model.cfg.z_dim, generator=torch.Generator().manual_seed(1))
 
@@ -148,7 +156,7 @@ def test_seeded_sampling_is_reproducible(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", TINY)
-def test_greedy_decode_agrees_with_teacher_forcing(name: str) -> None:
+def test_greedy_decode_agrees_with_teacher_forcing(name: str, backend: str) -> None:
     """Free-running greedy decode and the teacher-forced nn.LSTM path are the same
     computation: fed the greedy tokens, teacher forcing predicts exactly them."""
     model = opinionated_model(name, seed=11).double()
@@ -162,7 +170,7 @@ def test_greedy_decode_agrees_with_teacher_forcing(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", TINY)
-def test_greedy_decode_agrees_with_teacher_forcing_float32(name: str) -> None:
+def test_greedy_decode_agrees_with_teacher_forcing_float32(name: str, backend: str) -> None:
     model = opinionated_model(name, seed=12)
     z = torch.randn(4, model.cfg.z_dim, generator=torch.Generator().manual_seed(4)) * 2
     greedy = model.sample(z, temperature=0.0)
@@ -174,7 +182,7 @@ def test_greedy_decode_agrees_with_teacher_forcing_float32(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", TINY)
-def test_sampling_follows_weight_updates(name: str) -> None:
+def test_sampling_follows_weight_updates(name: str, backend: str) -> None:
     """Decoding after an optimizer step uses the new weights (no stale decode cache)."""
     model = opinionated_model(name, seed=3)
     z = torch.randn(3, model.cfg.z_dim, generator=torch.Generator().manual_seed(9)) * 2
@@ -195,7 +203,7 @@ def test_sampling_follows_weight_updates(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", TINY)
-def test_a_model_that_has_decoded_can_be_deep_copied(name: str) -> None:
+def test_a_model_that_has_decoded_can_be_deep_copied(name: str, backend: str) -> None:
     """Whatever a decode caches on the model must not break copy.deepcopy (EMA weights,
     a copy per worker, ...)."""
     model = opinionated_model(name, seed=5)
@@ -330,7 +338,7 @@ def test_transpose_batch_uses_the_whole_range() -> None:
     assert transpose_batch(tokens, 0, np.random.default_rng(0)) is tokens
 
 
-def test_cancel_stops_a_decode_between_steps() -> None:
+def test_cancel_stops_a_decode_between_steps(backend: str) -> None:
     from melodyvae.model import DecodeCancelled
 
     torch.manual_seed(0)
@@ -346,3 +354,31 @@ def test_cancel_stops_a_decode_between_steps() -> None:
         model.sample(z, cancel=after_five)
     assert len(asked) == 6
     assert torch.equal(model.sample(z, cancel=lambda: False), model.sample(z))
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_numpy_and_torch_decodes_agree(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cpu_decode is the PyTorch stepper's arithmetic: in float64 greedy decodes are equal,
+    and a seeded draw takes the same uniforms in the same order."""
+    model = opinionated_model(name, seed=21).double()
+    z = torch.randn(3, model.cfg.z_dim, generator=torch.Generator().manual_seed(5),
+                    dtype=torch.float64) * 2
+    out = {}
+    for numpy in (True, False):
+        monkeypatch.setattr(model_module, "NUMPY_ON_CPU", numpy)
+        out[numpy] = (model.sample(z),
+                      model.sample(z, 1.0, torch.Generator().manual_seed(8)))
+    assert_varied(out[True][0])
+    assert torch.equal(out[True][0], out[False][0])
+    assert torch.equal(out[True][1], out[False][1])
+
+
+@pytest.mark.parametrize("name", TINY_HIER)
+def test_numpy_sampling_is_the_same_bar_by_bar(name: str) -> None:
+    """Each bar row takes its own uniforms, so sampling in parallel or bar after bar draws
+    the same melody."""
+    model = opinionated_model(name, seed=2)
+    z = torch.randn(2, model.cfg.z_dim, generator=torch.Generator().manual_seed(6)) * 2
+    parallel = model.sample(z, 1.0, torch.Generator().manual_seed(4), parallel=True)
+    sequential = model.sample(z, 1.0, torch.Generator().manual_seed(4), parallel=False)
+    assert torch.equal(parallel, sequential)
