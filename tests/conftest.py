@@ -9,9 +9,16 @@ import pytest
 import torch
 
 from melodyvae.checkpoint import save_checkpoint
+from melodyvae.inference import MelodyVAE
 from melodyvae.melody import Melody, Note
 from melodyvae.model import VAE
 from melodyvae.presets import get_preset
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    """Every test's model work on one thread: 2-core CI runs stay predictable."""
+    torch.set_num_threads(1)
 
 
 def make_checkpoint(path: Path, preset_name: str = "tiny-hier-4bar", seed: int = 0,
@@ -27,6 +34,23 @@ def make_checkpoint(path: Path, preset_name: str = "tiny-hier-4bar", seed: int =
 def tiny_checkpoint(tmp_path: Path) -> Path:
     """A tiny-hier-4bar checkpoint file in tmp_path."""
     return make_checkpoint(tmp_path / "tiny-hier-4bar.safetensors")
+
+
+@pytest.fixture(scope="module")
+def vae(tmp_path_factory: pytest.TempPathFactory) -> MelodyVAE:
+    """A tiny untrained 4-bar model, loaded as the server loads one (no latent axes)."""
+    path = make_checkpoint(tmp_path_factory.mktemp("model") / "tiny.safetensors")
+    return MelodyVAE.load(path, device="cpu")
+
+
+def osc(address: str, *args: object) -> bytes:
+    """One OSC message as a datagram, argument types inferred by python-osc."""
+    from pythonosc.osc_message_builder import OscMessageBuilder
+
+    builder = OscMessageBuilder(address)
+    for value in args:
+        builder.add_arg(value)
+    return bytes(builder.build().dgram)
 
 
 def scale_melody(bars: int = 4, qpm: float = 120.0) -> Melody:

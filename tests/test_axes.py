@@ -16,11 +16,6 @@ from melodyvae.training import axes, quality
 from melodyvae.training.corpus import CORPUS_FORMAT_VERSION, Corpus
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 def tokens_of(notes: list[tuple[int, int, int]], steps: int = 64) -> np.ndarray:
     return to_tokens(Melody(tuple(Note(s, e, p) for s, e, p in notes), steps))[0]
 

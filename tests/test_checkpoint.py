@@ -28,11 +28,6 @@ from melodyvae.presets import get_preset
 TINY = ["tiny-hier-4bar", "tiny-hier-16bar", "tiny-flat-16bar"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 def _decode_all(model: VAE, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Greedy tokens, seeded sampled tokens and posterior means for a fixed input."""
     gen = torch.Generator().manual_seed(seed)

@@ -25,11 +25,6 @@ from melodyvae.model import reconstruction_nll
 from melodyvae.training.corpus import Corpus
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 def spans(melody: Melody) -> list[tuple[int, int, int]]:
     return [(n.start, n.end, n.pitch) for n in melody.notes]
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from conftest import scale_melody
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -30,11 +29,6 @@ from melodyvae.training.corpus import (
     split_abc,
     split_of,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
 
 
 def spans(melody: Melody) -> list[tuple[int, int, int]]:

@@ -8,7 +8,6 @@ from pathlib import Path
 import mido
 import pretty_midi
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,11 +21,6 @@ from melodyvae.midi import (
     read_midi,
     write_midi,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
 
 
 def spans(melody: Melody) -> list[tuple[int, int, int]]:

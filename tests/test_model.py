@@ -24,11 +24,6 @@ TINY = ["tiny-hier-4bar", "tiny-hier-16bar", "tiny-flat-16bar"]
 TINY_HIER = ["tiny-hier-4bar", "tiny-hier-16bar"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 @pytest.fixture(params=["numpy", "torch"])
 def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Decode on the CPU with melodyvae.cpu_decode (numpy) or the PyTorch stepper."""

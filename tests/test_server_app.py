@@ -4,34 +4,15 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
 
 import pytest
-import torch
-from conftest import make_checkpoint
+from conftest import osc
 from pythonosc.osc_bundle import OscBundle
 from pythonosc.osc_message import OscMessage
-from pythonosc.osc_message_builder import OscMessageBuilder
 
 from melodyvae.inference import MelodyVAE
 from melodyvae.server.app import OscServer, ServerStartError
 from melodyvae.server.core import ServerConfig
-
-
-@pytest.fixture(scope="module")
-def vae(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MelodyVAE]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    path = make_checkpoint(tmp_path_factory.mktemp("model") / "tiny.safetensors")
-    yield MelodyVAE.load(path, device="cpu")
-    torch.set_num_threads(threads)
-
-
-def osc(address: str, *args: float) -> bytes:
-    builder = OscMessageBuilder(address)
-    for value in args:
-        builder.add_arg(value)
-    return builder.build().dgram
 
 
 def read_melody(sock: socket.socket) -> list[tuple[str, list[object]]]:

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from conftest import make_checkpoint, scale_melody
 from pythonosc.osc_bundle import OscBundle
 from pythonosc.osc_bundle_builder import OscBundleBuilder
@@ -25,20 +23,6 @@ from melodyvae.server.protocol import Message, parse_packet
 
 CLIENT = ("127.0.0.1", 50000)
 Z_DIM = 8  # tiny presets
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def vae(tmp_path_factory: pytest.TempPathFactory) -> MelodyVAE:
-    path = make_checkpoint(tmp_path_factory.mktemp("model") / "tiny.safetensors")
-    return MelodyVAE.load(path, device="cpu")
 
 
 def axes_doc(seed: int = 0) -> dict[str, Any]:

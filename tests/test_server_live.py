@@ -17,13 +17,11 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from conftest import make_checkpoint, random_tokens, scale_melody
 from pythonosc.osc_bundle_builder import OscBundleBuilder
 from pythonosc.osc_message_builder import OscMessageBuilder
@@ -42,21 +40,6 @@ T0 = 1_800_000_000.0  # a fake "now" (Unix seconds)
 STEP = 0.125  # seconds per 16th at 120 qpm
 PHRASE = 64  # steps in the tiny 4-bar models
 GRID = 1e-4  # steps: how close a timetag must sit to the grid
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def vae(tmp_path_factory: pytest.TempPathFactory) -> MelodyVAE:
-    """No latent axes: contrast mode is refused."""
-    path = make_checkpoint(tmp_path_factory.mktemp("model") / "tiny.safetensors")
-    return MelodyVAE.load(path, device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import torch
-from conftest import make_checkpoint
+from conftest import osc
 from pythonosc.osc_bundle import OscBundle
-from pythonosc.osc_message_builder import OscMessageBuilder
 
 from melodyvae.inference import MelodyVAE
 from melodyvae.melody import Melody, Note
@@ -163,22 +160,6 @@ def test_a_late_scheduler_reanchors_instead_of_flooding(player: Any) -> None:
     p.tick()
 
     assert len(events(sent)) < 10
-
-
-@pytest.fixture(scope="module")
-def vae(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MelodyVAE]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    path = make_checkpoint(tmp_path_factory.mktemp("model") / "tiny.safetensors")
-    yield MelodyVAE.load(path, device="cpu")
-    torch.set_num_threads(threads)
-
-
-def osc(address: str, *args: Any) -> bytes:
-    builder = OscMessageBuilder(address)
-    for value in args:
-        builder.add_arg(value)
-    return builder.build().dgram
 
 
 def test_play_through_the_core_decodes_then_loops(vae: MelodyVAE) -> None:

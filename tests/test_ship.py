@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from conftest import make_checkpoint, random_tokens
 
 from melodyvae.checkpoint import load_checkpoint
@@ -15,11 +14,6 @@ from melodyvae.inference import MelodyVAE
 from melodyvae.training.corpus import CORPUS_FORMAT_VERSION, Corpus
 from melodyvae.training.report import build_report
 from melodyvae.training.ship import ship
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
 
 
 @pytest.fixture

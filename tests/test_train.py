@@ -37,11 +37,6 @@ from melodyvae.training.train import (
 PRESET = "tiny-hier-4bar"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 def write_corpus(path: Path, bars: int = 4, n: int = 48, seed: int = 0) -> Path:
     tokens = random_tokens(n, bars * 16, seed=seed).astype(np.uint8)
     split = np.zeros(n, dtype=np.uint8)
