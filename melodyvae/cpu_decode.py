@@ -3,9 +3,10 @@
 A decode at batch 1 is a few hundred tiny operations (16 steps of two LSTM layers over 4 to
 64 rows): their cost is the per-call overhead, not the arithmetic. A NumPy ufunc or a small
 BLAS GEMM costs about a microsecond of overhead, a PyTorch operator several, so the same
-arithmetic runs about twice as fast here (``python bench/decode.py`` compares both). The
-PyTorch stepper in :mod:`melodyvae.model` stays the path for CUDA and MPS and the
-reference these functions are tested against.
+arithmetic runs about twice as fast here (``python bench/decode.py`` compares both). Past
+:data:`MAX_ROWS` rows the GEMMs dominate and PyTorch's (multi-threaded) stepper in
+:mod:`melodyvae.model` is as fast; it stays the path for large batches, for CUDA and MPS,
+and the reference these functions are tested against.
 
 Every array here is built once from a decoder's weights (:func:`numpy_decoder`) and cached
 on the module until its weights change. The gate columns are reordered from PyTorch's
@@ -25,10 +26,11 @@ from torch import Tensor, nn
 
 if TYPE_CHECKING:
     from melodyvae.model import FlatDecoder, HierarchicalDecoder
+    from melodyvae.presets import ModelConfig
 
 Cancel = Callable[[], bool]
 
-SMALL_ROWS = 64  # decodes of up to this many rows run single-threaded BLAS (less overhead)
+MAX_ROWS = 64  # rows decoded together up to which NumPy beats PyTorch's CPU stepper
 
 
 class DecodeCancelled(Exception):
@@ -210,17 +212,20 @@ _CONTROLLER: Any = None
 
 
 @contextlib.contextmanager
-def blas_threads(rows: int) -> Iterator[None]:
-    """Single-threaded BLAS for small decodes (thread hand-offs would cost more than the
-    GEMMs), torch's thread count otherwise."""
+def one_blas_thread() -> Iterator[None]:
+    """Single-threaded BLAS: these GEMMs are too small for thread hand-offs to pay."""
     global _CONTROLLER
     from threadpoolctl import ThreadpoolController
 
     if _CONTROLLER is None:
         _CONTROLLER = ThreadpoolController()
-    limit = 1 if rows <= SMALL_ROWS else torch.get_num_threads()
-    with _CONTROLLER.limit(limits=limit, user_api="blas"):
+    with _CONTROLLER.limit(limits=1, user_api="blas"):
         yield
+
+
+def rows(cfg: ModelConfig, batch: int) -> int:
+    """How many rows a decode of ``batch`` phrases steps together."""
+    return batch * (cfg.bars if cfg.kind == "hier" else 1)
 
 
 def decode(engine: HierarchicalNumpy | FlatNumpy, z: Tensor, temperature: float,
@@ -228,13 +233,13 @@ def decode(engine: HierarchicalNumpy | FlatNumpy, z: Tensor, temperature: float,
            ) -> Tensor:
     """z (B, Z) on the CPU -> (B, T) tokens, as ``decoder.sample`` computes them."""
     cfg = engine.cfg
-    rows = len(z) * (cfg.bars if cfg.kind == "hier" else 1)
+    n = rows(cfg, len(z))
     uniforms = None
     if temperature > 0:  # every draw up front: (steps per row sequence, rows)
         per_row = cfg.steps_per_bar if cfg.kind == "hier" else cfg.steps
-        uniforms = torch.rand(per_row, rows, generator=generator).numpy()  # float32, as
+        uniforms = torch.rand(per_row, n, generator=generator).numpy()  # float32, as
         # the PyTorch stepper draws them one step at a time
     # exp overflows to inf for large negative pre-activations: sigmoid is then exactly 0
-    with torch.no_grad(), blas_threads(rows), np.errstate(over="ignore"):
+    with torch.no_grad(), one_blas_thread(), np.errstate(over="ignore"):
         tokens = engine.sample(z.detach().numpy(), temperature, uniforms, parallel, cancel)
     return torch.from_numpy(tokens)

@@ -249,12 +249,13 @@ def _cached(module: nn.Module, attr: str, build: Callable[[], _T]) -> _T:
     return result
 
 
-def _numpy_decodes(decoder: nn.Module, z: Tensor) -> bool:
-    """Whether this decode goes to :mod:`melodyvae.cpu_decode`: CPU tensors of the model's
-    own float type."""
-    weight = _weight(decoder.out, "weight")  # type: ignore[arg-type]
+def _numpy_decodes(decoder: HierarchicalDecoder | FlatDecoder, z: Tensor) -> bool:
+    """Whether this decode goes to :mod:`melodyvae.cpu_decode`: a small decode of CPU tensors
+    of the model's own float type."""
+    weight = _weight(decoder.out, "weight")
     return (NUMPY_ON_CPU and z.device.type == "cpu" and weight.device.type == "cpu"
-            and z.dtype == weight.dtype and z.dtype in (torch.float32, torch.float64))
+            and z.dtype == weight.dtype and z.dtype in (torch.float32, torch.float64)
+            and cpu_decode.rows(decoder.cfg, z.shape[0]) <= cpu_decode.MAX_ROWS)
 
 
 def _stepper(module: nn.Module) -> _Stepper:

@@ -377,3 +377,17 @@ def test_numpy_sampling_is_the_same_bar_by_bar(name: str) -> None:
     parallel = model.sample(z, 1.0, torch.Generator().manual_seed(4), parallel=True)
     sequential = model.sample(z, 1.0, torch.Generator().manual_seed(4), parallel=False)
     assert torch.equal(parallel, sequential)
+
+
+def test_a_large_batch_decodes_as_its_rows_do_one_by_one() -> None:
+    """Past cpu_decode.MAX_ROWS the PyTorch stepper takes over; the melodies stay the same."""
+    from melodyvae import cpu_decode
+
+    model = opinionated_model("tiny-hier-16bar", seed=8).double()
+    batch = cpu_decode.MAX_ROWS // model.cfg.bars + 2
+    z = torch.randn(batch, model.cfg.z_dim, generator=torch.Generator().manual_seed(3),
+                    dtype=torch.float64) * 2
+    together = model.sample(z)
+    assert_varied(together)
+    for i in range(batch):
+        assert torch.equal(model.sample(z[i : i + 1])[0], together[i])
