@@ -55,5 +55,8 @@ def test_report_measures_the_model_card_figures(tmp_path: Path, corpus: Corpus) 
     assert set(saved["feature_overlap"]) == {"pitch_class", "interval", "ioi", "note_count"}
     assert saved["interpolation"]["valid_fraction"] == 1.0
     assert len(report["attributes"]["matrix"]) == 6
+    card = (tmp_path / "card" / "card.md").read_text()
+    assert f"| {saved['test']['teacher_forced_accuracy']:.3f} |" in card
+    assert card.count("**ρ ") == 6
     for png in ("latent_map.png", "samples.png", "interpolation.png"):
         assert (tmp_path / "card" / png).stat().st_size > 1000

@@ -84,7 +84,48 @@ def build_report(vae: MelodyVAE, corpus: Corpus, out: Path, n_samples: int = 100
     except ImportError:
         _LOGGER.warning("no piano-roll module; skipping piano rolls")
     (out / "report.json").write_text(json.dumps(report, indent=1))
+    (out / "card.md").write_text(markdown(report))
     return report
+
+
+def _label(name: str) -> str:
+    return name.replace("_", " ")
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The model card's tables for one report (what ``card.md`` holds)."""
+    test = report["test"]
+    lines = [
+        f"**{report['model']}**, held-out test split ({test['n_phrases']:,} phrases):",
+        "",
+        "| teacher-forced accuracy | sampled accuracy | NLL (bits/step) | KL (nats) "
+        "| active units |",
+        "|---|---|---|---|---|",
+        f"| {test['teacher_forced_accuracy']:.3f} | {test['sampled_accuracy']:.3f} "
+        f"| {test['nll_bits_per_step']:.2f} | {test['kl_nats']:.1f} | {test['active_units']} |",
+        "",
+    ]
+    overlap = report.get("feature_overlap") or {}
+    if overlap:
+        lines += ["Prior samples against held-out phrases, overlapping area (goal ≥ 0.8): "
+                  + ", ".join(f"{_label(k)} {v:.2f}" for k, v in overlap.items()) + ".", ""]
+    interp = report.get("interpolation") or {}
+    if interp:
+        lines += [f"Interpolation ({interp['pairs']} pairs, {interp['steps']} steps): valid "
+                  f"{interp['valid_fraction']:.0%}; distance to the first endpoint "
+                  + ", ".join(f"{d:.2f}" for d in interp["mean_distance_to_first"])
+                  + (" (growing step by step)." if interp["monotone"] else
+                     " (not growing at every step)."), ""]
+    attributes = report.get("attributes")
+    if attributes:
+        names = attributes["names"]
+        lines += ["| moved along ↓ / measured → | " + " | ".join(map(_label, names)) + " |",
+                  "|---" * (len(names) + 1) + "|"]
+        for i, (name, row) in enumerate(zip(names, attributes["matrix"], strict=True)):
+            cells = [f"**ρ {v:.2f}**" if j == i else f"{v:.2f}" for j, v in enumerate(row)]
+            lines.append(f"| {_label(name)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def main() -> None:
