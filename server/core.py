@@ -213,10 +213,10 @@ class ServerCore:
         """Send a melody: begin, one bundle of notes per bar, end (worker thread)."""
         key = job.client.key
         melody_id = next(self.melody_ids)
+        with self.lock:  # before the reply: a client that answers /mvae/play at once
+            job.client.melody = melody  # must find this melody, not start a decode
         for datagram in melody_datagrams(melody_id, melody):
             self.send(datagram, key)
-        with self.lock:
-            job.client.melody = melody
         self.player.offer(key, melody)
 
     def z_ready(self, job: EncodeJob, z: np.ndarray) -> None:

@@ -498,3 +498,22 @@ def test_a_flood_never_cancels_twice_in_a_row(vae: MelodyVAE) -> None:
         engine._decode(running)
     assert engine.stats.cancelled == 2  # stopped, finished, stopped
     assert engine.stats.decoded == 1
+
+
+def test_a_melody_is_the_clients_before_its_reply_goes_out(vae: MelodyVAE) -> None:
+    """A client that sends /mvae/play the moment it hears /mvae/melody/end finds that
+    melody (no second decode), however the threads interleave."""
+    melody_when_sent: list[object] = []
+
+    def send(data: bytes, addr: tuple[str, int]) -> None:
+        if data.startswith(b"/mvae/melody/") or data.startswith(b"#bundle"):
+            client = core.clients.get(CLIENT)
+            melody_when_sent.append(None if client is None else client.melody)
+
+    core = ServerCore(vae, send, ServerConfig())
+    builder = OscMessageBuilder("/mvae/z")
+    builder.add_arg(1.0)
+    core.handle_datagram(builder.build().dgram, CLIENT)
+    core.engine.run_pending()
+    assert len(melody_when_sent) >= 2  # begin ... end
+    assert all(m is not None for m in melody_when_sent)
