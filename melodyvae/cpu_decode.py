@@ -8,10 +8,10 @@ arithmetic runs about twice as fast here (``python bench/decode.py`` compares bo
 :mod:`melodyvae.model` is as fast; it stays the path for large batches, for CUDA and MPS,
 and the reference these functions are tested against.
 
-Every array here is built once from a decoder's weights (:func:`numpy_decoder`) and cached
-on the module until its weights change. The gate columns are reordered from PyTorch's
-(i, f, g, o) to (i, f, o, g), so one sigmoid pass covers the three gates and one tanh the
-cell candidate.
+Every array here is built once from a decoder's weights (:class:`HierarchicalNumpy`,
+:class:`FlatNumpy`) and cached by :mod:`melodyvae.model` until the weights change. The
+gate columns are reordered from PyTorch's (i, f, g, o) to (i, f, o, g), so one sigmoid pass
+covers the three gates and one tanh the cell candidate.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from melodyvae.model import FlatDecoder, HierarchicalDecoder
+    from melodyvae.model import FlatDecoder, HierarchicalDecoder, _StateInit
     from melodyvae.presets import ModelConfig
 
 Cancel = Callable[[], bool]
@@ -108,11 +108,9 @@ class StateInit:
     """The decoders' ``_StateInit`` (a dense tanh layer from a vector to an LSTM's initial
     h and c): x (N, D) -> per-layer h and c, each (N, H)."""
 
-    def __init__(self, init: nn.Module) -> None:
-        proj: nn.Linear = init.proj  # type: ignore[assignment]
-        self.weight, self.bias = _array(proj.weight).T.copy(), _array(proj.bias)
-        self.layers: int = getattr(init, "layers")  # noqa: B009
-        self.hidden: int = getattr(init, "hidden")  # noqa: B009
+    def __init__(self, init: _StateInit) -> None:
+        self.weight, self.bias = _array(init.proj.weight).T.copy(), _array(init.proj.bias)
+        self.layers, self.hidden = init.layers, init.hidden
 
     def __call__(self, x: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
         hc = np.tanh(x @ self.weight + self.bias).reshape(len(x), 2, self.layers, self.hidden)
@@ -125,7 +123,7 @@ class Stepper:
     [embedding of the previous token ; a per-row constant] (a bar embedding, or z)."""
 
     def __init__(self, embed: nn.Embedding, rnn: nn.LSTM, out: nn.Linear,
-                 init: nn.Module, start_token: int) -> None:
+                 init: _StateInit, start_token: int) -> None:
         self.stack = LSTMStack(rnn)
         e = embed.embedding_dim
         w0 = _ifog(_w(rnn, "weight_ih_l0"))  # (4H, E + C)
@@ -240,6 +238,6 @@ def decode(engine: HierarchicalNumpy | FlatNumpy, z: Tensor, temperature: float,
         uniforms = torch.rand(per_row, n, generator=generator).numpy()  # float32, as
         # the PyTorch stepper draws them one step at a time
     # exp overflows to inf for large negative pre-activations: sigmoid is then exactly 0
-    with torch.no_grad(), one_blas_thread(), np.errstate(over="ignore"):
+    with one_blas_thread(), np.errstate(over="ignore"):
         tokens = engine.sample(z.detach().numpy(), temperature, uniforms, parallel, cancel)
     return torch.from_numpy(tokens)

@@ -39,8 +39,6 @@ NUMPY_ON_CPU = True
 _T = TypeVar("_T")
 
 
-
-
 class Decoder(Protocol):
     """What both decoders provide."""
 

@@ -105,14 +105,14 @@ def warm_start(model: nn.Module, source: nn.Module) -> tuple[int, int]:
     the same width, a bar decoder of the same size); the rest keeps its fresh init.
     Returns (parameters copied, parameters in ``model``)."""
     theirs = source.state_dict()
-    copied = 0
+    copied = total = 0
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
+            total += tensor.numel()
             other = theirs.get(name)
             if other is not None and other.shape == tensor.shape:
                 tensor.copy_(other.to(tensor.dtype))
                 copied += tensor.numel()
-    total = sum(t.numel() for t in model.state_dict().values())
     return copied, total
 
 
