@@ -4,7 +4,9 @@ The network thread never runs the model. It puts a job in its client's slot and 
 worker; a newer job replaces an older one still waiting (a slider flood leaves at most one
 pending decode per client; the stale ones are dropped and counted), and a decode already
 running stops at its next step once every client in its batch has asked for something
-newer (but never twice in a row for a client, so a flood still hears every other melody).
+newer, unless one of them has heard nothing for :data:`MAX_UNANSWERED_S` because of such
+stops: a flood still hears a few melodies a second, and its last update waits for a step
+of a stale decode, not for a whole one, in all but a few percent of floods.
 The worker takes every waiting job at once, encodes the note lists among them as one
 batch, then decodes the latent vectors as one batch per (temperature, seed) group — greedy
 decodes of all clients share one batch — and hands each result to the :class:`Sink`.
@@ -35,6 +37,12 @@ if TYPE_CHECKING:
     from melodyvae.inference import MelodyVAE
 
 _LOGGER = logging.getLogger(__name__)
+
+# A client whose decodes have been stopped as stale for this long gets its running decode
+# finished: a slider dragged fast and long still updates a playing loop about four times a
+# second (well inside a bar), while a decode of a few milliseconds is only this rarely
+# uncancellable when the last update of a flood arrives.
+MAX_UNANSWERED_S = 0.25
 
 
 @dataclass
@@ -132,6 +140,7 @@ class Engine(Worker):
         self.tasks: LatestWins[Callable[[], None]] = LatestWins(max_clients)
         self.stats = EngineStats()
         self.on_batch: Callable[[int], None] | None = None  # test hook: batch sizes
+        self.clock: Callable[[], float] = time.monotonic
 
     # ------------------------------------------------------------ network thread side
     def submit_decode(self, job: DecodeJob) -> None:
@@ -205,9 +214,12 @@ class Engine(Worker):
             batch = [job for job, _ in items]
             keys = [job.client.key for job in batch]
             # Stop this decode once every client of the batch has asked for something newer,
-            # unless the last decode of one of them was stopped too: a flood then still
-            # gets every other melody out instead of none.
-            cancellable = not any(job.client.decode_cancelled for job in batch)
+            # unless one of them has waited too long already: a flood then still hears
+            # melodies instead of none.
+            now = self.clock()
+            cancellable = all(job.client.unanswered_since is None
+                              or now - job.client.unanswered_since < MAX_UNANSWERED_S
+                              for job in batch)
 
             def stale(keys: list[Addr] = keys, cancellable: bool = cancellable) -> bool:
                 return cancellable and all(key in self.decodes.jobs for key in keys)
@@ -221,13 +233,14 @@ class Engine(Worker):
             except DecodeCancelled:
                 self.stats.cancelled += len(batch)  # their newer requests are waiting
                 for job in batch:
-                    job.client.decode_cancelled = True
+                    if job.client.unanswered_since is None:
+                        job.client.unanswered_since = now
                 continue
             except Exception as e:
                 self._fail(batch, e)
                 continue
             for job in batch:
-                job.client.decode_cancelled = False
+                job.client.unanswered_since = None
             self.stats.batches += 1
             self.stats.decoded += len(batch)
             self.stats.max_batch = max(self.stats.max_batch, len(batch))

@@ -129,7 +129,8 @@ class ClientState:
     lookahead: float = DEFAULT_LOOKAHEAD  # seconds, playback bundles ahead of their time
     slots: OrderedDict[str, np.ndarray] = field(default_factory=OrderedDict)
     melody: Melody | None = None  # the last melody sent (what /mvae/play loops)
-    decode_cancelled: bool = False  # the model thread stopped this client's last decode
+    unanswered_since: float | None = None  # when the model first stopped one of this
+    # client's decodes as stale since its last melody (engine clock); None: not waiting
 
     def __post_init__(self) -> None:
         self.pcs = np.zeros(len(self.axes.dirs))

@@ -19,6 +19,7 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 from melodyvae.inference import MelodyVAE, slerp
 from melodyvae.melody import from_note_list
 from melodyvae.server.core import ServerConfig, ServerCore
+from melodyvae.server.engine import MAX_UNANSWERED_S
 from melodyvae.server.protocol import Message, parse_packet
 
 CLIENT = ("127.0.0.1", 50000)
@@ -487,17 +488,29 @@ def test_a_decode_gone_stale_stops_and_the_newer_request_answers(vae: MelodyVAE)
         (p, v, pytest.approx(s), pytest.approx(d)) for p, v, s, d in notes_of(vae, z)]
 
 
-def test_a_flood_never_cancels_twice_in_a_row(vae: MelodyVAE) -> None:
+def test_a_flood_hears_a_melody_once_it_has_waited_long_enough(
+        vae: MelodyVAE, monkeypatch: pytest.MonkeyPatch) -> None:
     wire = Wire(vae)
     engine = wire.core.engine
-    for value in (1.0, 2.0, 3.0):
+    now = [100.0]
+    monkeypatch.setattr(engine, "clock", lambda: now[0])
+    step = MAX_UNANSWERED_S / 2.5
+
+    def flood_step(value: float) -> None:
         wire.send("/mvae/z", value)
         with engine.cond:
             running = engine.decodes.take()
         wire.send("/mvae/z", value + 0.5)  # always a newer request waiting
         engine._decode(running)
-    assert engine.stats.cancelled == 2  # stopped, finished, stopped
-    assert engine.stats.decoded == 1
+        now[0] += step
+
+    for value in (1.0, 2.0, 3.0):  # stopped, stopped, stopped: within the wait allowed
+        flood_step(value)
+    assert (engine.stats.cancelled, engine.stats.decoded) == (3, 0)
+    flood_step(4.0)  # 3 steps of MAX_UNANSWERED_S / 2.5 since the first stop: finished
+    assert (engine.stats.cancelled, engine.stats.decoded) == (3, 1)
+    flood_step(5.0)  # heard a melody just now: stale decodes stop again
+    assert (engine.stats.cancelled, engine.stats.decoded) == (4, 1)
 
 
 def test_a_melody_is_the_clients_before_its_reply_goes_out(vae: MelodyVAE) -> None:
