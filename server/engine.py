@@ -39,10 +39,10 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 
 # A client whose decodes have been stopped as stale for this long gets its running decode
-# finished: a slider dragged fast and long still updates a playing loop about four times a
-# second (well inside a bar), while a decode of a few milliseconds is only this rarely
-# uncancellable when the last update of a flood arrives.
-MAX_UNANSWERED_S = 0.25
+# finished: a slider dragged fast and long still updates a playing loop twice a second (it
+# changes at bar lines, a second or more apart), while a decode of a few milliseconds is
+# only this rarely uncancellable when the last update of a flood arrives.
+MAX_UNANSWERED_S = 0.5
 
 
 @dataclass

@@ -127,7 +127,9 @@ def _parse_bundle(data: bytes, depth: int, out: list[Message | OscProtocolError]
         index += size
 
 
-_NUMERIC = {"i": "i", "f": "f", "d": "d", "h": "q"}  # OSC tag -> struct code
+# OSC tag -> struct code; every other accepted tag -> "?" (not unpacked by struct)
+_NUMERIC = str.maketrans({tag: "?" for tag in ACCEPTED_TAGS} | {"h": "q"}
+                         | {tag: tag for tag in "ifd"})
 
 
 def parse_message(data: bytes) -> Message:
@@ -149,7 +151,7 @@ def parse_message(data: bytes) -> Message:
                 raise OscProtocolError(
                     f"unsupported OSC type tag {''.join(unknown)!r} (use i, f, h, d, s)",
                     address)
-        codes = ">" + "".join(_NUMERIC.get(tag, "?") for tag in tags[1:])
+        codes = ">" + tags[1:].translate(_NUMERIC)
         if "?" not in codes and struct.calcsize(codes) == len(data) - index:
             return Message(address, struct.unpack_from(codes, data, index), tags[1:])
         msg = OscMessage(data)
