@@ -1,6 +1,6 @@
 """The whole server from real external clients: ``melodyvae serve`` as a subprocess, liblo's
-``oscsend`` / ``oscdump``, Pure Data running headless, the Python example client, and a
-fuzzer. Tools that are not installed skip their tests."""
+``oscsend`` / ``oscdump``, Pure Data and SuperCollider's sclang running headless, the
+Python example client, and a fuzzer. Tools that are not installed skip their tests."""
 
 from __future__ import annotations
 
@@ -33,6 +33,9 @@ needs_liblo = pytest.mark.skipif(not (shutil.which("oscsend") and shutil.which("
                                  reason="liblo-tools (oscsend, oscdump) not installed")
 needs_pd = pytest.mark.skipif(shutil.which("pd") is None,
                               reason="Pure Data (puredata-core) not installed")
+needs_sclang = pytest.mark.skipif(
+    shutil.which("sclang") is None,
+    reason="SuperCollider's sclang (supercollider-language) not installed")
 
 
 def free_port() -> int:
@@ -361,6 +364,50 @@ def test_the_pd_example_patch_drives_the_server(answering: Served, tmp_path: Pat
     begins = re.findall(r"melodyvae: begin (\d+) 4 16 120", out)
     assert len(begins) == 2, out  # one melody for the X slider, one for the z0 slider
     assert len(re.findall(r"^note: \d+ \d+ 90 ", out, re.M)) > 0, out
+
+
+SC_DRIVER = """
+~mvaeHeadless = true; ~mvaePort = {port};
+thisProcess.interpreter.executeFile("{example}");
+OSCdef(\\testOn, {{ |msg, time|
+    "test: noteon % ahead %".format(msg[1], time - SystemClock.seconds).postln;
+}}, '/mvae/noteon');
+Routine {{
+    0.5.wait;
+    ~mvae.sendMsg('/mvae/z', 0.5, -1.0, 0.2);
+    1.5.wait;
+    ~mvaePreview = false;
+    ~mvae.sendMsg('/mvae/play');
+    2.5.wait;
+    ~mvae.sendMsg('/mvae/stop');
+    0.5.wait;
+    "test: done".postln;
+    0.exit;
+}}.play(SystemClock);
+"""
+
+
+@needs_sclang
+def test_the_supercollider_example_drives_the_server(answering: Served, tmp_path: Path
+                                                     ) -> None:
+    """The example's OSC side, headless: status and axes answered, a melody previewed, then
+    the server's playback bundles scheduled by their timetags (about the lookahead ahead)."""
+    driver = tmp_path / "driver.scd"
+    example = ROOT / "examples" / "supercollider" / "melodyvae.scd"
+    driver.write_text(SC_DRIVER.format(port=answering.port, example=example))
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "QTWEBENGINE_DISABLE_SANDBOX": "1"}
+    result = subprocess.run(["sclang", str(driver)], capture_output=True, text=True,
+                            timeout=60, env=env, cwd=tmp_path)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0 and "test: done" in out, out
+    assert "ERROR" not in out and "WARNING: melodyvae" not in out, out
+    assert re.search(r"^melodyvae: model \S+, 4 bars, latent 8, device cpu$", out, re.M), out
+    assert re.search(r"^melodyvae: latent axes \[ pc1, pc2, .*note_density \]$", out, re.M)
+    assert re.search(r"^melodyvae: melody \d+ \(4 bars at 120\.0 qpm\)$", out, re.M), out
+    assert re.search(r"^melodyvae: note on \d+ 90$", out, re.M), out  # the preview
+    ahead = [float(a) for a in re.findall(r"^test: noteon \d+ ahead (\S+)$", out, re.M)]
+    assert ahead, out
+    assert all(0.0 < a <= 0.5 for a in ahead), ahead  # 0.1 s lookahead, not decades
 
 
 def test_the_max_example_is_a_valid_patcher() -> None:
