@@ -169,18 +169,22 @@ class HierarchicalNumpy:
         self.conductor = LSTMStack(dec.conductor)
         self.bars = Stepper(dec.embed, dec.rnn, dec.out, dec.bar_init, dec.start_token)
 
-    def conduct(self, z: np.ndarray) -> np.ndarray:
+    def conduct(self, z: np.ndarray, cancel: Cancel | None = None) -> np.ndarray:
         """z (B, Z) -> bar embeddings (B, bars, C)."""
         h, c = self.cond_init(z)
         gates = np.broadcast_to(self.conductor.bias0, (len(z), len(self.conductor.bias0)))
-        return np.stack([self.conductor.step(gates, h, c) for _ in range(self.cfg.bars)],
-                        axis=1)
+        out = []
+        for _ in range(self.cfg.bars):
+            if cancel is not None and cancel():
+                raise DecodeCancelled
+            out.append(self.conductor.step(gates, h, c))
+        return np.stack(out, axis=1)
 
     def sample(self, z: np.ndarray, temperature: float, uniforms: np.ndarray | None,
                parallel: bool, cancel: Cancel | None) -> np.ndarray:
         cfg = self.cfg
         b = len(z)
-        emb = self.conduct(z)  # (B, bars, C)
+        emb = self.conduct(z, cancel)  # (B, bars, C)
         steps = cfg.steps_per_bar
         if parallel:
             u = None if uniforms is None else uniforms.reshape(steps, b * cfg.bars)

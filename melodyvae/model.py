@@ -322,14 +322,19 @@ class HierarchicalDecoder(nn.Module):
         return _stepper(self).run(c, self.bar_init(c), self.start_token,
                                   self.cfg.steps_per_bar, temperature, generator, cancel)
 
-    def _conduct(self, z: Tensor) -> Tensor:
+    def _conduct(self, z: Tensor, cancel: Cancel | None = None) -> Tensor:
         """The conductor stepped from its weights: z (B, Z) -> (B, bars, C).
         Same values as :meth:`bar_embeddings`, without nn.LSTM's per-call overhead."""
         stack = _cached(self.conductor, "_stack_cache", lambda: _LSTMStack(self.conductor))
         h0, c0 = self.cond_init(z)
         h, c = list(h0.unbind(0)), list(c0.unbind(0))
         gates = stack.bias0.expand(z.shape[0], -1)  # the conductor's input is zero
-        return torch.stack([stack.step(gates, h, c) for _ in range(self.cfg.bars)], dim=1)
+        out = []
+        for _ in range(self.cfg.bars):
+            if cancel is not None and cancel():
+                raise DecodeCancelled
+            out.append(stack.step(gates, h, c))
+        return torch.stack(out, dim=1)
 
     def sample(self, z: Tensor, temperature: float = 0.0,
                generator: torch.Generator | None = None, parallel: bool = True,
@@ -339,7 +344,7 @@ class HierarchicalDecoder(nn.Module):
             return cpu_decode.decode(engine, z, temperature, generator, parallel, cancel)
         cfg = self.cfg
         b = z.shape[0]
-        c = self._conduct(z)  # (B, bars, C)
+        c = self._conduct(z, cancel)  # (B, bars, C)
         if parallel:
             tokens = self._decode_bars(c.reshape(b * cfg.bars, -1), temperature, generator,
                                        cancel)

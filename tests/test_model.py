@@ -349,6 +349,11 @@ def test_cancel_stops_a_decode_between_steps(backend: str) -> None:
         model.sample(z, cancel=after_five)
     assert len(asked) == 6
     assert torch.equal(model.sample(z, cancel=lambda: False), model.sample(z))
+    asked.clear()
+    model.sample(z, cancel=lambda: bool(asked.append(1)))
+    # asked before every conductor step as well as every bar step: a stale decode stops
+    # within a step even while the conductor runs
+    assert len(asked) == model.cfg.bars + model.cfg.steps_per_bar
 
 
 @pytest.mark.parametrize("name", TINY)
