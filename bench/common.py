@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
@@ -11,10 +12,16 @@ from pathlib import Path
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
 
 
+def _any_cpu() -> None:
+    """A server may run on every core, whatever core its benchmark client is pinned to."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))
+
+
 def start(command: list[str], timeout: float = 180.0) -> tuple[subprocess.Popen[str], int]:
     """Start a server process; wait for its ``listening on HOST:PORT`` line; its port."""
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=_any_cpu)
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
     lines: list[str] = []

@@ -8,7 +8,11 @@ decodes ever waiting (latest wins keeps it at one per client). The echo server a
 ``/mvae/z`` with ``/mvae/melody/end`` at once, so its figures are the floor set by UDP,
 python-osc and Python.
 
-Every server runs in its own process, started the way users start it. A model that is not
+Every server runs in its own process, started the way users start it, free to run on any
+core. This client pins itself to one core (``--client-cpu``, default 0; -1: not pinned), so
+that on a machine of few cores its own work does not land on the server's core by chance,
+as a music application on a core of its own would not; the echo server is measured the
+same way. A model that is not
 shipped yet is replaced by an untrained one of the same preset (latency does not depend on
 the weights) and the JSON says so.
 
@@ -203,8 +207,14 @@ def main() -> None:
     parser.add_argument("--flood-seconds", type=float, default=10.0, help="seconds (10)")
     parser.add_argument("--threads", type=int, default=1, help="server --threads (1)")
     parser.add_argument("--device", default="cpu", help="server --device (cpu)")
+    parser.add_argument("--client-cpu", type=int, default=0,
+                        help="core this client runs on (0; -1: any)")
     parser.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    client_cpu = None
+    if args.client_cpu >= 0 and hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {args.client_cpu})
+        client_cpu = args.client_cpu
     if args.echo_server:
         echo_server()
         return
@@ -213,6 +223,7 @@ def main() -> None:
         "machine": {"cpu": platform.processor() or platform.machine(),
                     "cores": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)},
         "server": {"threads": args.threads, "device": args.device},
+        "client_cpu": client_cpu,
         "requests": args.requests,
         "flood": {"rate": args.flood_rate, "seconds": args.flood_seconds},
     }
