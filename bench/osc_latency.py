@@ -12,9 +12,8 @@ Every server runs in its own process, started the way users start it, free to ru
 core. This client pins itself to one core (``--client-cpu``, default 0; -1: not pinned), so
 that on a machine of few cores its own work does not land on the server's core by chance,
 as a music application on a core of its own would not; the echo server is measured the
-same way. A model that is not
-shipped yet is replaced by an untrained one of the same preset (latency does not depend on
-the weights) and the JSON says so.
+same way. A model that is not shipped yet is replaced by an untrained one of the same
+preset (latency does not depend on the weights) and the JSON says so.
 
     python bench/osc_latency.py                      # hier-4bar and hier-16bar, --threads 1
     python bench/osc_latency.py --model my.safetensors --requests 500
@@ -211,13 +210,13 @@ def main() -> None:
                         help="core this client runs on (0; -1: any)")
     parser.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.echo_server:  # a server: free on every core, like the others
+        echo_server()
+        return
     client_cpu = None
     if args.client_cpu >= 0 and hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {args.client_cpu})
         client_cpu = args.client_cpu
-    if args.echo_server:
-        echo_server()
-        return
     models = args.model or ["hier-4bar", "hier-16bar"]
     result: dict[str, Any] = {
         "machine": {"cpu": platform.processor() or platform.machine(),

@@ -37,6 +37,12 @@ class DecodeCancelled(Exception):
     """A free-running decode was stopped by its ``cancel`` callback."""
 
 
+def check(cancel: Cancel | None) -> None:
+    """Raise :class:`DecodeCancelled` if ``cancel`` says so (asked before every step)."""
+    if cancel is not None and cancel():
+        raise DecodeCancelled
+
+
 def _w(module: nn.Module, name: str) -> Tensor:
     """A parameter of ``module`` by name, detached."""
     tensor: Tensor = getattr(module, name)
@@ -140,8 +146,7 @@ class Stepper:
         token = np.full(len(cond), self.start_token)
         out = np.empty((len(cond), steps), dtype=np.int64)
         for t in range(steps):
-            if cancel is not None and cancel():
-                raise DecodeCancelled
+            check(cancel)
             top = self.stack.step(self.token_gates[token] + cond_gates, h, c)
             logits = top @ self.out_weight
             logits += self.out_bias
@@ -175,8 +180,7 @@ class HierarchicalNumpy:
         gates = np.broadcast_to(self.conductor.bias0, (len(z), len(self.conductor.bias0)))
         out = []
         for _ in range(self.cfg.bars):
-            if cancel is not None and cancel():
-                raise DecodeCancelled
+            check(cancel)
             out.append(self.conductor.step(gates, h, c))
         return np.stack(out, axis=1)
 

@@ -219,8 +219,7 @@ class _Stepper:
         token = torch.full((n,), start_token, dtype=torch.long, device=cond.device)
         out = torch.empty(n, steps, dtype=torch.long, device=cond.device)
         for t in range(steps):
-            if cancel is not None and cancel():
-                raise DecodeCancelled
+            cpu_decode.check(cancel)
             top = self.stack.step(self.token_gates[token] + cond_gates, h, c)
             token = _pick(self.out(top), temperature, generator)
             out[:, t] = token
@@ -331,8 +330,7 @@ class HierarchicalDecoder(nn.Module):
         gates = stack.bias0.expand(z.shape[0], -1)  # the conductor's input is zero
         out = []
         for _ in range(self.cfg.bars):
-            if cancel is not None and cancel():
-                raise DecodeCancelled
+            cpu_decode.check(cancel)
             out.append(stack.step(gates, h, c))
         return torch.stack(out, dim=1)
 
