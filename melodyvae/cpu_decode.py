@@ -17,8 +17,10 @@ covers the three gates and one tanh the cell candidate.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
     from melodyvae.presets import ModelConfig
 
 Cancel = Callable[[], bool]
+
+_G = TypeVar("_G", bound="_Group")
 
 MAX_ROWS = 64  # rows decoded together up to which NumPy beats PyTorch's CPU stepper
 
@@ -155,9 +159,11 @@ class Stepper:
         return out
 
 
-def _pick(logits: np.ndarray, temperature: float, u: np.ndarray | None) -> np.ndarray:
-    """(N, V) logits -> (N,) token ids: argmax, or an inverse-CDF draw with uniforms u."""
-    if temperature <= 0.0 or u is None:
+def _pick(logits: np.ndarray, temperature: float | np.ndarray, u: np.ndarray | None
+          ) -> np.ndarray:
+    """(N, V) logits -> (N,) token ids: argmax, or an inverse-CDF draw with uniforms u.
+    ``temperature`` may be one per row, (N, 1) float32, all above 0."""
+    if u is None or (isinstance(temperature, float) and temperature <= 0.0):
         return logits.argmax(axis=1)
     x = logits / temperature
     x -= x.max(axis=1, keepdims=True)
@@ -213,6 +219,188 @@ class FlatNumpy:
         return self.stepper.run(z, self.cfg.steps, temperature, u, cancel)
 
 
+def _take(x: np.ndarray | list[np.ndarray], keep: np.ndarray) -> Any:
+    return [a[keep] for a in x] if isinstance(x, list) else x[keep]
+
+
+def _cat(x: np.ndarray | list[np.ndarray], y: np.ndarray | list[np.ndarray]) -> Any:
+    if isinstance(x, list) and isinstance(y, list):
+        return [np.concatenate([a, b]) for a, b in zip(x, y, strict=True)]
+    return np.concatenate([x, y])
+
+
+class _Group:
+    """Per-row arrays (and per-layer lists of them) that rows leave and join together."""
+
+    def select(self: _G, keep: np.ndarray) -> _G:
+        return type(self)(**{name: _take(x, keep) for name, x in vars(self).items()})
+
+    def join(self: _G, other: _G) -> _G:
+        return type(self)(**{name: _cat(x, vars(other)[name]) for name, x in vars(self).items()})
+
+
+@dataclass
+class _Conducting(_Group):
+    """Phrases whose conductor is running, one row each."""
+
+    h: list[np.ndarray]  # per layer (P, Hc)
+    c: list[np.ndarray]
+    bars: np.ndarray  # (P, bars, C) bar embeddings so far
+    k: np.ndarray  # (P,) how many
+    u: np.ndarray  # (P, bars, steps) sampling uniforms of each bar row
+    temperature: np.ndarray  # (P,)
+    phrase: np.ndarray  # (P,) phrase id
+
+
+@dataclass
+class _Rows(_Group):
+    """Rows decoding tokens, one per bar (flat: per phrase); a phrase's rows are adjacent
+    and in bar order."""
+
+    h: list[np.ndarray]  # per layer (N, H)
+    c: list[np.ndarray]
+    cond_gates: np.ndarray  # (N, 4H) layer 0's constant input projection with its biases
+    token: np.ndarray  # (N,) the previous token
+    t: np.ndarray  # (N,) the step each row is at
+    out: np.ndarray  # (N, steps) tokens so far
+    u: np.ndarray  # (N, steps) sampling uniforms (zeros for greedy rows)
+    temperature: np.ndarray  # (N, 1) float32, 0 for greedy
+    phrase: np.ndarray  # (N,) phrase id
+
+
+def _joined(group: _G | None, new: _G) -> _G:
+    return new if group is None else group.join(new)
+
+
+def _kept(group: _G, keep: np.ndarray) -> _G | None:
+    return group.select(keep) if keep.any() else None
+
+
+class Rolling:
+    """Free-running decodes that join and leave a running batch between steps.
+
+    :func:`decode` runs a fixed batch from its first step to its last. Here every phrase
+    has its own progress: a phrase added while others are half-way is stepped with them
+    from its first step (a hierarchical model's conductor steps, then its bar steps), a
+    phrase :meth:`drop`-ped leaves at once, and :meth:`step` returns each phrase as it
+    completes. A server decodes its clients' latest requests this way: none waits for a
+    batch it arrived too late to join. A phrase's tokens are those of ``decode`` on its z
+    alone with the same generator (BLAS computes each row of a product on its own).
+
+    Call it inside :func:`numpy_context`; not thread-safe.
+    """
+
+    def __init__(self, engine: HierarchicalNumpy | FlatNumpy) -> None:
+        self.engine = engine
+        cfg = engine.cfg
+        self.stepper = engine.bars if isinstance(engine, HierarchicalNumpy) else engine.stepper
+        self.steps = cfg.steps_per_bar if isinstance(engine, HierarchicalNumpy) else cfg.steps
+        self.rows_per_phrase = rows(cfg, 1)
+        self.conducting: _Conducting | None = None
+        self.rows: _Rows | None = None
+        self.keys: dict[int, int] = {}  # phrase id -> caller's key
+        self._ids = itertools.count()
+
+    def __len__(self) -> int:
+        """Phrases being decoded."""
+        return len(self.keys)
+
+    def add(self, phrases: list[tuple[int, np.ndarray, float, torch.Generator | None]]
+            ) -> None:
+        """Start decoding each (key, z (Z,), temperature, generator); a phrase is sampled
+        with its generator when its temperature is above 0."""
+        if not phrases:
+            return
+        n = self.rows_per_phrase
+        z = np.stack([z for _, z, _, _ in phrases]).astype(self.stepper.out_weight.dtype)
+        u = np.zeros((len(z), n, self.steps), dtype=np.float32)
+        temperature = np.zeros(len(z), dtype=np.float32)
+        ids = np.empty(len(z), dtype=np.int64)
+        for i, (key, _, temp, generator) in enumerate(phrases):
+            if temp > 0:  # drawn as decode() draws them for this phrase alone
+                u[i] = torch.rand(self.steps, n, generator=generator).numpy().T
+                temperature[i] = temp
+            ids[i] = next(self._ids)
+            self.keys[int(ids[i])] = key
+        if isinstance(self.engine, HierarchicalNumpy):
+            h, c = self.engine.cond_init(z)
+            bars = np.empty((len(z), n, self.engine.conductor.hidden), dtype=z.dtype)
+            self.conducting = _joined(self.conducting, _Conducting(
+                h, c, bars, np.zeros(len(z), dtype=np.int64), u, temperature, ids))
+        else:
+            self._start(z, u[:, 0], temperature, ids)
+
+    def _start(self, cond: np.ndarray, u: np.ndarray, temperature: np.ndarray,
+               phrase: np.ndarray) -> None:
+        """Rows that start decoding tokens: cond (N, C), u (N, steps), temperature and
+        phrase (N,)."""
+        h, c = self.stepper.init(cond)
+        n = len(cond)
+        self.rows = _joined(self.rows, _Rows(
+            h, c, cond @ self.stepper.cond_weight + self.stepper.stack.bias0,
+            np.full(n, self.stepper.start_token), np.zeros(n, dtype=np.int64),
+            np.empty((n, self.steps), dtype=np.int64), u, temperature[:, None], phrase))
+
+    def drop(self, key: int) -> None:
+        """Stop decoding ``key`` (nothing if it is not being decoded)."""
+        for phrase, k in list(self.keys.items()):
+            if k == key:
+                del self.keys[phrase]
+                if self.conducting is not None:
+                    self.conducting = _kept(self.conducting, self.conducting.phrase != phrase)
+                if self.rows is not None:
+                    self.rows = _kept(self.rows, self.rows.phrase != phrase)
+
+    def step(self) -> list[tuple[int, np.ndarray]]:
+        """One step of every phrase; the phrases that completed: (key, tokens (T,))."""
+        conducted = self._conduct() if self.conducting is not None else None
+        finished = self._decode() if self.rows is not None else []
+        if conducted is not None:  # their bar rows start at the next step
+            n = self.rows_per_phrase
+            self._start(conducted.bars.reshape(len(conducted.k) * n, -1),
+                        conducted.u.reshape(len(conducted.k) * n, -1),
+                        np.repeat(conducted.temperature, n), np.repeat(conducted.phrase, n))
+        return finished
+
+    def _conduct(self) -> _Conducting | None:
+        """One conductor step; the phrases whose bar embeddings are now all there."""
+        assert isinstance(self.engine, HierarchicalNumpy) and self.conducting is not None
+        cd = self.conducting
+        conductor = self.engine.conductor
+        gates = np.broadcast_to(conductor.bias0, (len(cd.k), len(conductor.bias0)))
+        cd.bars[np.arange(len(cd.k)), cd.k] = conductor.step(gates, cd.h, cd.c)
+        cd.k += 1
+        done = cd.k == self.rows_per_phrase
+        if not done.any():
+            return None
+        self.conducting = _kept(cd, ~done)
+        return cd.select(done)
+
+    def _decode(self) -> list[tuple[int, np.ndarray]]:
+        """One token step of every row; the phrases that completed."""
+        r = self.rows
+        assert r is not None
+        st = self.stepper
+        top = st.stack.step(st.token_gates[r.token] + r.cond_gates, r.h, r.c)
+        logits = top @ st.out_weight
+        logits += st.out_bias
+        token = logits.argmax(axis=1)
+        sampled = np.flatnonzero(r.temperature[:, 0] > 0)
+        if len(sampled):
+            token[sampled] = _pick(logits[sampled], r.temperature[sampled],
+                                   r.u[sampled, r.t[sampled]])
+        r.out[np.arange(len(r.t)), r.t] = token
+        r.token = token
+        r.t += 1
+        done = r.t == self.steps
+        if not done.any():
+            return []
+        finished = [(self.keys.pop(int(phrase)), r.out[r.phrase == phrase].reshape(-1))
+                    for phrase in np.unique(r.phrase[done])]
+        self.rows = _kept(r, ~done)
+        return finished
+
+
 _CONTROLLER: Any = None
 
 
@@ -225,6 +413,14 @@ def one_blas_thread() -> Iterator[None]:
     if _CONTROLLER is None:
         _CONTROLLER = ThreadpoolController()
     with _CONTROLLER.limit(limits=1, user_api="blas"):
+        yield
+
+
+@contextlib.contextmanager
+def numpy_context() -> Iterator[None]:
+    """How these decoders run: one BLAS thread, and no warning when exp overflows to inf
+    for a large negative pre-activation (the sigmoid is then exactly 0)."""
+    with one_blas_thread(), np.errstate(over="ignore"):
         yield
 
 
@@ -244,7 +440,6 @@ def decode(engine: HierarchicalNumpy | FlatNumpy, z: Tensor, temperature: float,
         per_row = cfg.steps_per_bar if cfg.kind == "hier" else cfg.steps
         uniforms = torch.rand(per_row, n, generator=generator).numpy()  # float32, as
         # the PyTorch stepper draws them one step at a time
-    # exp overflows to inf for large negative pre-activations: sigmoid is then exactly 0
-    with one_blas_thread(), np.errstate(over="ignore"):
+    with numpy_context():
         tokens = engine.sample(z.detach().numpy(), temperature, uniforms, parallel, cancel)
     return torch.from_numpy(tokens)

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from melodyvae.checkpoint import CheckpointError, load_checkpoint, read_info
+from melodyvae.cpu_decode import Rolling
 from melodyvae.melody import Melody, from_tokens, to_tokens
-from melodyvae.model import Cancel
+from melodyvae.model import Cancel, rolling_decoder
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -152,11 +153,23 @@ class MelodyVAE:
             zt = zt.unsqueeze(0)
         if zt.shape[1] != self.z_dim:
             raise ValueError(f"z has {zt.shape[1]} dimensions, the model {self.z_dim}")
-        generator = None
-        if temperature > 0:
-            generator = torch.Generator(device=self.device)
-            generator.manual_seed(0 if seed is None else int(seed))
-        return self.model.sample(zt, temperature, generator, cancel=cancel)
+        return self.model.sample(zt, temperature, self.generator(temperature, seed),
+                                 cancel=cancel)
+
+    def rolling(self) -> Rolling | None:
+        """A decode that requests join and leave between steps (a server's decoder), or
+        None where the model does not decode in NumPy (on a GPU): then use
+        :meth:`decode_tokens`. Its phrases are the tokens decode_tokens gives each z alone
+        with the same temperature and seed (see :meth:`generator`)."""
+        return rolling_decoder(self.model.decoder)
+
+    def generator(self, temperature: float, seed: int | None) -> torch.Generator | None:
+        """The sampling generator :meth:`decode_tokens` uses (None for greedy decodes)."""
+        if temperature <= 0:
+            return None
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(0 if seed is None else int(seed))
+        return generator
 
     @torch.no_grad()
     def negative_elbo_bits(self, tokens: np.ndarray, batch_size: int = 256) -> np.ndarray:

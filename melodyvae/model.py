@@ -246,13 +246,25 @@ def _cached(module: nn.Module, attr: str, build: Callable[[], _T]) -> _T:
     return result
 
 
+def _numpy_capable(decoder: HierarchicalDecoder | FlatDecoder) -> bool:
+    """Whether decodes of this decoder may go to :mod:`melodyvae.cpu_decode`."""
+    weight = _weight(decoder.out, "weight")
+    return (NUMPY_ON_CPU and weight.device.type == "cpu"
+            and weight.dtype in (torch.float32, torch.float64))
+
+
 def _numpy_decodes(decoder: HierarchicalDecoder | FlatDecoder, z: Tensor) -> bool:
     """Whether this decode goes to :mod:`melodyvae.cpu_decode`: a small decode of CPU tensors
     of the model's own float type."""
-    weight = _weight(decoder.out, "weight")
-    return (NUMPY_ON_CPU and z.device.type == "cpu" and weight.device.type == "cpu"
-            and z.dtype == weight.dtype and z.dtype in (torch.float32, torch.float64)
+    return (_numpy_capable(decoder) and z.device.type == "cpu"
+            and z.dtype == _weight(decoder.out, "weight").dtype
             and cpu_decode.rows(decoder.cfg, z.shape[0]) <= cpu_decode.MAX_ROWS)
+
+
+def rolling_decoder(decoder: HierarchicalDecoder | FlatDecoder) -> cpu_decode.Rolling | None:
+    """A :class:`melodyvae.cpu_decode.Rolling` decode with ``decoder``'s weights, or None
+    where its decodes do not run in NumPy (on a GPU, or with :data:`NUMPY_ON_CPU` off)."""
+    return cpu_decode.Rolling(decoder.numpy_engine()) if _numpy_capable(decoder) else None
 
 
 def _stepper(module: nn.Module) -> _Stepper:
@@ -334,12 +346,16 @@ class HierarchicalDecoder(nn.Module):
             out.append(stack.step(gates, h, c))
         return torch.stack(out, dim=1)
 
+    def numpy_engine(self) -> cpu_decode.HierarchicalNumpy:
+        """This decoder's weights for :mod:`melodyvae.cpu_decode` (built once per weights)."""
+        return _cached(self, "_numpy_cache", lambda: cpu_decode.HierarchicalNumpy(self))
+
     def sample(self, z: Tensor, temperature: float = 0.0,
                generator: torch.Generator | None = None, parallel: bool = True,
                cancel: Cancel | None = None) -> Tensor:
         if _numpy_decodes(self, z):
-            engine = _cached(self, "_numpy_cache", lambda: cpu_decode.HierarchicalNumpy(self))
-            return cpu_decode.decode(engine, z, temperature, generator, parallel, cancel)
+            return cpu_decode.decode(self.numpy_engine(), z, temperature, generator, parallel,
+                                     cancel)
         cfg = self.cfg
         b = z.shape[0]
         c = self._conduct(z, cancel)  # (B, bars, C)
@@ -380,12 +396,16 @@ class FlatDecoder(nn.Module):
         y, _ = self.rnn(x, self.init(z))  # (B, T, H)
         return self.out(y)  # (B, T, V)
 
+    def numpy_engine(self) -> cpu_decode.FlatNumpy:
+        """This decoder's weights for :mod:`melodyvae.cpu_decode` (built once per weights)."""
+        return _cached(self, "_numpy_cache", lambda: cpu_decode.FlatNumpy(self))
+
     def sample(self, z: Tensor, temperature: float = 0.0,
                generator: torch.Generator | None = None, parallel: bool = True,
                cancel: Cancel | None = None) -> Tensor:
         if _numpy_decodes(self, z):
-            engine = _cached(self, "_numpy_cache", lambda: cpu_decode.FlatNumpy(self))
-            return cpu_decode.decode(engine, z, temperature, generator, parallel, cancel)
+            return cpu_decode.decode(self.numpy_engine(), z, temperature, generator, parallel,
+                                     cancel)
         return _stepper(self).run(z, self.init(z), self.start_token, self.cfg.steps,
                                   temperature, generator, cancel)
 

@@ -1,18 +1,23 @@
-"""The model side of the server: latest-wins request slots and batched decoding.
+"""The model side of the server: latest-wins request slots and a rolling decode batch.
 
 The network thread never runs the model. It puts a job in its client's slot and wakes the
 worker; a newer job replaces an older one still waiting (a slider flood leaves at most one
-pending decode per client; the stale ones are dropped and counted), and a decode already
-running stops at its next step once every client in its batch has asked for something
-newer, unless one of them has heard nothing for :data:`MAX_UNANSWERED_S` because of such
-stops: a flood still hears a few melodies a second, and its last update waits for a step
-of a stale decode, not for a whole one, in all but a few percent of floods.
-The worker takes every waiting job at once, encodes the note lists among them as one
-batch, then decodes the latent vectors as one batch per (temperature, seed) group — greedy
-decodes of all clients share one batch — and hands each result to the :class:`Sink`.
+pending decode per client; the stale ones are dropped and counted).
 
-Live answers come as *tasks*: model work with a deadline (see live.py), one waiting per
-client, run before the encodes and decodes waiting beside them.
+On the CPU the worker keeps a rolling batch (:class:`melodyvae.cpu_decode.Rolling`): between
+two decode steps it takes every waiting job, lets each decode join the batch at its first
+step, and takes out the running decode of a client that has asked for something newer —
+unless that client has heard nothing for :data:`MAX_UNANSWERED_S` because of such stops:
+then that decode finishes next to the newer one, so a flood still hears a few melodies a
+second, and the last update of a flood never waits for a whole decode of another request.
+Each melody goes to the :class:`Sink` the step it completes. On a GPU, where each step is a
+kernel launch, the worker decodes whole batches instead (one per (temperature, seed) group;
+greedy decodes of all clients share one), and a running batch stops at its next step once
+every client in it has asked for something newer.
+
+Encodes run as one batch, between two steps. Live answers come as *tasks*: model work with
+a deadline (see live.py), one waiting per client, run before the encodes and decodes
+waiting beside them.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import numpy as np
 
+from melodyvae.cpu_decode import numpy_context
 from melodyvae.errors import MelodyVAEError
 from melodyvae.melody import Melody
 from melodyvae.model import DecodeCancelled
@@ -40,8 +46,7 @@ _LOGGER = logging.getLogger(__name__)
 
 # A client whose decodes have been stopped as stale for this long gets its running decode
 # finished: a slider dragged fast and long still updates a playing loop twice a second (it
-# changes at bar lines, a second or more apart), while a decode of a few milliseconds is
-# only this rarely uncancellable when the last update of a flood arrives.
+# changes at bar lines, a second or more apart).
 MAX_UNANSWERED_S = 0.5
 
 
@@ -56,6 +61,7 @@ class DecodeJob:
     z: np.ndarray | None = None  # a fixed vector; None: the client's z when decoded
     vary: tuple[float, int] | None = None  # (amount, seed): add amount * N(0, I) to z
     received: float = field(default_factory=time.perf_counter)
+    protected: bool = False  # finish it even once the client has asked for something newer
 
     def latent(self) -> np.ndarray:
         """The vector to decode, read when the worker gets to it (after pending encodes)."""
@@ -141,6 +147,10 @@ class Engine(Worker):
         self.stats = EngineStats()
         self.on_batch: Callable[[int], None] | None = None  # test hook: batch sizes
         self.clock: Callable[[], float] = time.monotonic
+        # Decodes in NumPy on the CPU join a rolling batch (None on a GPU: whole batches)
+        self.rolling = vae.rolling()
+        self.running: dict[int, DecodeJob] = {}  # id(job) -> job, in the rolling batch
+        self.flying: dict[Addr, list[DecodeJob]] = {}  # per client: at most two running
 
     # ------------------------------------------------------------ network thread side
     def submit_decode(self, job: DecodeJob) -> None:
@@ -172,11 +182,25 @@ class Engine(Worker):
     thread_name = "mvae-engine"
 
     def has_work(self) -> bool:
-        return bool(self.decodes.jobs or self.encodes.jobs or self.tasks.jobs)
+        return bool(self.decodes.jobs or self.encodes.jobs or self.tasks.jobs or self.running)
 
     def run_pending(self) -> int:
-        """Process every waiting job now; the number processed. (The worker's step; tests
-        call it directly instead of starting the thread.)"""
+        """Process every waiting job, and every job that arrives meanwhile, until none is
+        left; the number processed. (The worker's step; tests call it directly instead of
+        starting the thread.)"""
+        if self.rolling is None:
+            return self._take_and_run()
+        done = 0
+        with numpy_context():
+            while not self._stopping:
+                if self.decodes.jobs or self.encodes.jobs or self.tasks.jobs:
+                    done += self._take_and_run()
+                if not self.running:
+                    break
+                self._step()
+        return done
+
+    def _take_and_run(self) -> int:
         with self.cond:
             tasks = self.tasks.take()
             encodes = self.encodes.take()
@@ -188,9 +212,82 @@ class Engine(Worker):
                 _LOGGER.exception("a model task failed")
         if encodes:
             self._encode(encodes)
-        if decodes:
+        if decodes and self.rolling is not None:
+            self._admit(decodes)
+        elif decodes:
             self._decode(decodes)
         return len(tasks) + len(encodes) + len(decodes)
+
+    # ------------------------------------------------------------ rolling batch (CPU)
+    def _admit(self, jobs: list[DecodeJob]) -> None:
+        """Add the jobs to the rolling batch. A client's running decode leaves it, stale,
+        unless the client has heard nothing for MAX_UNANSWERED_S: then the oldest running
+        decode of that client finishes, next to the newest."""
+        assert self.rolling is not None
+        now = self.clock()
+        with self.state_lock:
+            latents = [job.latent() for job in jobs]
+        for job in jobs:
+            client = job.client
+            flying = self.flying.get(client.key, [])
+            starved = (client.unanswered_since is not None
+                       and now - client.unanswered_since >= MAX_UNANSWERED_S)
+            for old in list(flying):
+                if not old.protected and starved and not any(j.protected for j in flying):
+                    old.protected = True
+                elif not old.protected:
+                    self._leave(old)
+                    self.stats.cancelled += 1
+                    if client.unanswered_since is None:
+                        client.unanswered_since = now
+        try:
+            self.rolling.add([(id(job), z.astype(np.float32), job.temperature,
+                               self.vae.generator(job.temperature, job.seed))
+                              for job, z in zip(jobs, latents, strict=True)])
+        except Exception as e:
+            self._fail(jobs, e)
+            return
+        for job in jobs:
+            self.running[id(job)] = job
+            self.flying.setdefault(job.client.key, []).append(job)
+        self.stats.batches += 1
+        self.stats.max_batch = max(self.stats.max_batch, len(self.rolling))
+        if self.on_batch is not None:
+            self.on_batch(len(jobs))
+
+    def _leave(self, job: DecodeJob) -> None:
+        assert self.rolling is not None
+        self.rolling.drop(id(job))
+        del self.running[id(job)]
+        flying = self.flying[job.client.key]
+        flying.remove(job)
+        if not flying:
+            del self.flying[job.client.key]
+
+    def _step(self) -> None:
+        """One decode step of the rolling batch; each melody that completes goes out."""
+        assert self.rolling is not None
+        try:
+            finished = self.rolling.step()
+        except Exception as e:  # the batch's state is lost with it: every job fails
+            jobs = list(self.running.values())
+            for job in jobs:
+                self._leave(job)
+            self._fail(jobs, e)
+            return
+        for key, tokens in finished:
+            job = self.running[key]
+            self._leave(job)
+            job.client.unanswered_since = None
+            self.stats.decoded += 1
+            try:
+                melody = self.vae.melody_from_tokens(tokens, job.client.qpm)
+            except Exception as e:
+                self._fail([job], e)
+                continue
+            self.sink.melody_ready(job, melody)
+
+    # ------------------------------------------------------------ whole batches (GPU)
 
     def _encode(self, jobs: list[EncodeJob]) -> None:
         try:

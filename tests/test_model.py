@@ -396,3 +396,54 @@ def test_a_large_batch_decodes_as_its_rows_do_one_by_one() -> None:
     assert_varied(together)
     for i in range(batch):
         assert torch.equal(model.sample(z[i : i + 1])[0], together[i])
+
+
+_ROLLING_MODELS: dict[str, VAE] = {}
+
+
+@pytest.mark.parametrize("name", TINY)
+@settings(max_examples=20, deadline=None)
+@given(schedule=st.lists(st.tuples(st.integers(0, 20), st.sampled_from([0.0, 0.7, 1.5]),
+                                   st.booleans()), min_size=1, max_size=6))
+def test_a_rolling_decode_gives_each_phrase_its_decode_alone(
+        name: str, schedule: list[tuple[int, float, bool]]) -> None:
+    """Phrases join a running batch after any number of steps, some leave it early; each
+    that completes has the tokens of its z decoded alone with its own generator."""
+    from melodyvae.cpu_decode import numpy_context
+
+    model = _ROLLING_MODELS.setdefault(name, opinionated_model(name, seed=9))
+    rolling = model_module.rolling_decoder(model.decoder)
+    assert rolling is not None
+    zs = torch.randn(len(schedule), model.cfg.z_dim,
+                     generator=torch.Generator().manual_seed(len(schedule))) * 2
+    done: dict[int, np.ndarray] = {}
+    with numpy_context():
+        for i, (wait, temperature, _) in enumerate(schedule):
+            for _ in range(wait):
+                done.update(rolling.step())
+            rolling.add([(i, zs[i].numpy(), temperature,
+                          torch.Generator().manual_seed(i) if temperature > 0 else None)])
+            if i > 0 and schedule[i - 1][2]:  # the one before leaves, finished or not
+                rolling.drop(i - 1)
+                done.pop(i - 1, None)
+        if schedule[-1][2]:
+            rolling.drop(len(schedule) - 1)
+        while len(rolling):
+            done.update(rolling.step())
+    kept = {i for i, (_, _, dropped) in enumerate(schedule) if not dropped}
+    assert set(done) == kept
+    for i in kept:
+        temperature = schedule[i][1]
+        alone = model.decoder.sample(zs[i : i + 1], temperature,
+                                     torch.Generator().manual_seed(i))
+        assert_varied(alone)
+        np.testing.assert_array_equal(done[i], alone[0].numpy())
+    assert rolling.rows is None
+
+
+def test_the_rolling_decoder_is_there_only_where_decodes_run_in_numpy(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_model("tiny-hier-4bar")
+    assert model_module.rolling_decoder(model.decoder) is not None
+    monkeypatch.setattr(model_module, "NUMPY_ON_CPU", False)
+    assert model_module.rolling_decoder(model.decoder) is None

@@ -16,6 +16,7 @@ from pythonosc.osc_bundle_builder import OscBundleBuilder
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 
+from melodyvae.cpu_decode import Rolling, numpy_context
 from melodyvae.inference import MelodyVAE, slerp
 from melodyvae.melody import from_note_list
 from melodyvae.server.core import ServerConfig, ServerCore
@@ -455,22 +456,66 @@ def test_encode_file_passes_transcriber_errors_on(vae: MelodyVAE, tmp_path: Path
     assert "take.wav" in reason and "unavailable" not in reason
 
 
+@pytest.mark.parametrize("rolling", [True, False], ids=["rolling", "whole-batch"])
 def test_a_model_failure_is_an_error_reply_not_a_crash(
-        vae: MelodyVAE, monkeypatch: pytest.MonkeyPatch) -> None:
+        vae: MelodyVAE, monkeypatch: pytest.MonkeyPatch, rolling: bool) -> None:
+    if not rolling:  # as on a GPU
+        monkeypatch.setattr(vae, "rolling", lambda: None)
     wire = Wire(vae)
+    assert (wire.core.engine.rolling is not None) == rolling
 
     def boom(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(vae, "decode_tokens", boom)
+    if rolling:
+        monkeypatch.setattr(Rolling, "step", boom)
+    else:
+        monkeypatch.setattr(vae, "decode_tokens", boom)
     wire.send("/mvae/z", 1.0)
     assert "internal error: RuntimeError: boom" in wire.error()
-    monkeypatch.undo()
+    monkeypatch.undo()  # the engine keeps the decoder it started with
     wire.send("/mvae/z", 1.0)
     assert len(wire.melodies()) == 1
 
 
-def test_a_decode_gone_stale_stops_and_the_newer_request_answers(vae: MelodyVAE) -> None:
+def melody_notes(vae: MelodyVAE, first: float) -> list[tuple[Any, ...]]:
+    """What a /mvae/z with one argument, ``first``, answers."""
+    z = np.zeros(Z_DIM, np.float32)
+    z[0] = first
+    return [(p, v, pytest.approx(s), pytest.approx(d)) for p, v, s, d in notes_of(vae, z)]
+
+
+def admit_and_step(wire: Wire) -> None:
+    """What the worker does with a request that has just arrived: it joins the rolling
+    batch and takes one step."""
+    engine = wire.core.engine
+    with numpy_context():
+        engine._take_and_run()
+        engine._step()
+
+
+def test_a_decode_gone_stale_leaves_the_batch_and_the_newer_request_answers(
+        vae: MelodyVAE) -> None:
+    wire = Wire(vae)
+    engine = wire.core.engine
+    other = ("127.0.0.1", 50001)
+    wire.send("/mvae/z", 1.0)
+    wire.send("/mvae/z", 3.0, sender=other)
+    admit_and_step(wire)  # both clients' decodes are running
+    wire.send("/mvae/z", 2.0)  # ... when the first moves on
+    admit_and_step(wire)
+    assert engine.stats.cancelled == 1
+    assert len(engine.rolling) == 2  # the other client's decode stays, the new one joined
+    melodies = wire.melodies()
+    assert [(m["to"], m["notes"]) for m in melodies] == [
+        (other, melody_notes(vae, 3.0)), (CLIENT, melody_notes(vae, 2.0))]
+    assert engine.stats.decoded == 2
+    assert not engine.running and not engine.flying
+
+
+def test_a_stale_whole_batch_stops_once_every_client_has_moved_on(
+        vae: MelodyVAE, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vae, "rolling", lambda: None)  # as on a GPU
     wire = Wire(vae)
     engine = wire.core.engine
     wire.send("/mvae/z", 1.0)
@@ -482,10 +527,7 @@ def test_a_decode_gone_stale_stops_and_the_newer_request_answers(vae: MelodyVAE)
     assert engine.stats.decoded == 0
     melodies = wire.melodies()
     assert len(melodies) == 1
-    z = np.zeros(Z_DIM, np.float32)
-    z[0] = 2.0
-    assert melodies[0]["notes"] == [
-        (p, v, pytest.approx(s), pytest.approx(d)) for p, v, s, d in notes_of(vae, z)]
+    assert melodies[0]["notes"] == melody_notes(vae, 2.0)
 
 
 def test_a_flood_hears_a_melody_once_it_has_waited_long_enough(
@@ -498,19 +540,22 @@ def test_a_flood_hears_a_melody_once_it_has_waited_long_enough(
 
     def flood_step(value: float) -> None:
         wire.send("/mvae/z", value)
-        with engine.cond:
-            running = engine.decodes.take()
-        wire.send("/mvae/z", value + 0.5)  # always a newer request waiting
-        engine._decode(running)
+        admit_and_step(wire)
         now[0] += step
 
-    for value in (1.0, 2.0, 3.0):  # stopped, stopped, stopped: within the wait allowed
+    for value in (1.0, 2.0, 3.0, 4.0):  # each stops the one before, within the wait allowed
         flood_step(value)
     assert (engine.stats.cancelled, engine.stats.decoded) == (3, 0)
-    flood_step(4.0)  # 3 steps of MAX_UNANSWERED_S / 2.5 since the first stop: finished
-    assert (engine.stats.cancelled, engine.stats.decoded) == (3, 1)
-    flood_step(5.0)  # heard a melody just now: stale decodes stop again
-    assert (engine.stats.cancelled, engine.stats.decoded) == (4, 1)
+    flood_step(5.0)  # 4 steps of MAX_UNANSWERED_S / 2.5 since the first stop: 4.0 stays
+    assert engine.stats.cancelled == 3
+    assert [job.protected for job in engine.flying[CLIENT]] == [True, False]
+    flood_step(6.0)  # 5.0 leaves, 4.0 still runs: never more than two per client
+    assert engine.stats.cancelled == 4
+    assert len(engine.rolling) == 2
+    melodies = wire.melodies()  # the flood stops: 4.0 completes, then 6.0
+    assert [m["notes"] for m in melodies] == [melody_notes(vae, 4.0), melody_notes(vae, 6.0)]
+    assert (engine.stats.cancelled, engine.stats.decoded) == (4, 2)
+    assert not engine.running and not engine.flying
 
 
 def test_a_melody_is_the_clients_before_its_reply_goes_out(vae: MelodyVAE) -> None:
