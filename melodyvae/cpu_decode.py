@@ -305,6 +305,11 @@ class Rolling:
         """Phrases being decoded."""
         return len(self.keys)
 
+    @property
+    def width(self) -> int:
+        """Rows the next step computes (conductor rows and token rows)."""
+        return sum(len(g.phrase) for g in (self.conducting, self.rows) if g is not None)
+
     def add(self, phrases: list[tuple[int, np.ndarray, float, torch.Generator | None]]
             ) -> None:
         """Start decoding each (key, z (Z,), temperature, generator); a phrase is sampled
@@ -405,15 +410,20 @@ _CONTROLLER: Any = None
 
 
 @contextlib.contextmanager
-def one_blas_thread() -> Iterator[None]:
-    """Single-threaded BLAS: these GEMMs are too small for thread hand-offs to pay."""
+def blas_threads(n: int) -> Iterator[None]:
+    """NumPy's BLAS on ``n`` threads inside the block."""
     global _CONTROLLER
     from threadpoolctl import ThreadpoolController
 
     if _CONTROLLER is None:
         _CONTROLLER = ThreadpoolController()
-    with _CONTROLLER.limit(limits=1, user_api="blas"):
+    with _CONTROLLER.limit(limits=n, user_api="blas"):
         yield
+
+
+def one_blas_thread() -> contextlib.AbstractContextManager[None]:
+    """Single-threaded BLAS: these GEMMs are too small for thread hand-offs to pay."""
+    return blas_threads(1)
 
 
 @contextlib.contextmanager

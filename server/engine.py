@@ -22,6 +22,7 @@ waiting beside them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -31,8 +32,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import numpy as np
+import torch
 
-from melodyvae.cpu_decode import numpy_context
+from melodyvae.cpu_decode import MAX_ROWS, blas_threads, numpy_context
 from melodyvae.errors import MelodyVAEError
 from melodyvae.melody import Melody
 from melodyvae.model import DecodeCancelled
@@ -267,8 +269,10 @@ class Engine(Worker):
     def _step(self) -> None:
         """One decode step of the rolling batch; each melody that completes goes out."""
         assert self.rolling is not None
-        try:
-            finished = self.rolling.step()
+        wide = self.rolling.width > MAX_ROWS and torch.get_num_threads() > 1
+        try:  # past MAX_ROWS rows a step's GEMMs are big enough for --threads to pay
+            with blas_threads(torch.get_num_threads()) if wide else contextlib.nullcontext():
+                finished = self.rolling.step()
         except Exception as e:  # the batch's state is lost with it: every job fails
             jobs = list(self.running.values())
             for job in jobs:

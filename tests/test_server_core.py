@@ -16,7 +16,7 @@ from pythonosc.osc_bundle_builder import OscBundleBuilder
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 
-from melodyvae.cpu_decode import Rolling, numpy_context
+from melodyvae.cpu_decode import MAX_ROWS, Rolling, numpy_context
 from melodyvae.inference import MelodyVAE, slerp
 from melodyvae.melody import from_note_list
 from melodyvae.server.core import ServerConfig, ServerCore
@@ -227,6 +227,26 @@ def test_clients_that_ask_together_are_decoded_as_one_batch(vae: MelodyVAE) -> N
         vector[:3] = vectors[m["to"]]
         assert m["notes"] == [(p, v, pytest.approx(s), pytest.approx(d))
                               for p, v, s, d in notes_of(vae, vector)]  # batched == one by one
+
+
+def test_a_batch_wider_than_max_rows_answers_every_client_as_alone(
+        vae: MelodyVAE, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # wide steps use 2 threads
+    wire = Wire(vae)
+    clients = MAX_ROWS // vae.bars + 4
+    vectors = {("127.0.0.1", 51000 + i): [0.2 * i, 1.0 - 0.1 * i] for i in range(clients)}
+    for sender, z in vectors.items():
+        wire.send("/mvae/z", *z, sender=sender)
+    melodies = wire.melodies()
+    assert wire.core.engine.stats.max_batch == clients
+    assert sorted(m["to"] for m in melodies) == sorted(vectors)
+    for m in melodies:
+        vector = np.zeros(Z_DIM, np.float32)
+        vector[:2] = vectors[m["to"]]
+        assert m["notes"] == [(p, v, pytest.approx(s), pytest.approx(d))
+                              for p, v, s, d in notes_of(vae, vector)]
 
 
 @pytest.mark.parametrize("address, args, types, reason", [
