@@ -245,8 +245,8 @@ class _Conducting(_Group):
 
     h: list[np.ndarray]  # per layer (P, Hc)
     c: list[np.ndarray]
-    bars: np.ndarray  # (P, bars, C) bar embeddings so far
-    k: np.ndarray  # (P,) how many
+    bars: np.ndarray  # (P, bars, C) bar embeddings, bar k at column (start + k) % bars
+    start: np.ndarray  # (P,) the step each phrase's conductor started at
     u: np.ndarray  # (P, bars, steps) sampling uniforms of each bar row
     temperature: np.ndarray  # (P,)
     phrase: np.ndarray  # (P,) phrase id
@@ -255,13 +255,14 @@ class _Conducting(_Group):
 @dataclass
 class _Rows(_Group):
     """Rows decoding tokens, one per bar (flat: per phrase); a phrase's rows are adjacent
-    and in bar order."""
+    and in bar order. Every row lives exactly ``steps`` steps, so its step-t token and
+    uniform sit at column (start + t) % steps: each step writes and reads one column."""
 
     h: list[np.ndarray]  # per layer (N, H)
     c: list[np.ndarray]
     cond_gates: np.ndarray  # (N, 4H) layer 0's constant input projection with its biases
     token: np.ndarray  # (N,) the previous token
-    t: np.ndarray  # (N,) the step each row is at
+    start: np.ndarray  # (N,) the step each row started at
     out: np.ndarray  # (N, steps) tokens so far
     u: np.ndarray  # (N, steps) sampling uniforms (zeros for greedy rows)
     temperature: np.ndarray  # (N, 1) float32, 0 for greedy
@@ -299,16 +300,25 @@ class Rolling:
         self.conducting: _Conducting | None = None
         self.rows: _Rows | None = None
         self.keys: dict[int, int] = {}  # phrase id -> caller's key
+        self.width = 0  # rows the next step computes (conductor rows and token rows)
         self._ids = itertools.count()
+        self._step = 0  # the number of the next step
+        self._sampled = np.zeros(0, dtype=np.int64)  # rows that sample
+        self._conducted_at = self._decoded_at = -1  # the step the oldest rows complete at
 
     def __len__(self) -> int:
         """Phrases being decoded."""
         return len(self.keys)
 
-    @property
-    def width(self) -> int:
-        """Rows the next step computes (conductor rows and token rows)."""
-        return sum(len(g.phrase) for g in (self.conducting, self.rows) if g is not None)
+    def _changed(self) -> None:
+        """Refresh what is computed per membership, not per step."""
+        cd, r = self.conducting, self.rows
+        self.width = (0 if cd is None else len(cd.phrase)) + (0 if r is None else len(r.phrase))
+        if cd is not None:
+            self._conducted_at = int(cd.start.min()) + self.rows_per_phrase - 1
+        if r is not None:
+            self._decoded_at = int(r.start.min()) + self.steps - 1
+            self._sampled = np.flatnonzero(r.temperature[:, 0] > 0)
 
     def add(self, phrases: list[tuple[int, np.ndarray, float, torch.Generator | None]]
             ) -> None:
@@ -330,21 +340,25 @@ class Rolling:
         if isinstance(self.engine, HierarchicalNumpy):
             h, c = self.engine.cond_init(z)
             bars = np.empty((len(z), n, self.engine.conductor.hidden), dtype=z.dtype)
+            start = np.full(len(z), self._step)
             self.conducting = _joined(self.conducting, _Conducting(
-                h, c, bars, np.zeros(len(z), dtype=np.int64), u, temperature, ids))
+                h, c, bars, start, u, temperature, ids))
+            self._changed()
         else:
-            self._start(z, u[:, 0], temperature, ids)
+            self._start(z, u[:, 0], temperature, ids, self._step)
 
     def _start(self, cond: np.ndarray, u: np.ndarray, temperature: np.ndarray,
-               phrase: np.ndarray) -> None:
-        """Rows that start decoding tokens: cond (N, C), u (N, steps), temperature and
-        phrase (N,)."""
+               phrase: np.ndarray, step: int) -> None:
+        """Rows that start decoding tokens at ``step``: cond (N, C), u (N, steps),
+        temperature and phrase (N,)."""
         h, c = self.stepper.init(cond)
         n = len(cond)
         self.rows = _joined(self.rows, _Rows(
             h, c, cond @ self.stepper.cond_weight + self.stepper.stack.bias0,
-            np.full(n, self.stepper.start_token), np.zeros(n, dtype=np.int64),
-            np.empty((n, self.steps), dtype=np.int64), u, temperature[:, None], phrase))
+            np.full(n, self.stepper.start_token), np.full(n, step),
+            np.empty((n, self.steps), dtype=np.int64), np.roll(u, step % self.steps, axis=1),
+            temperature[:, None], phrase))
+        self._changed()
 
     def drop(self, key: int) -> None:
         """Stop decoding ``key`` (nothing if it is not being decoded)."""
@@ -355,16 +369,20 @@ class Rolling:
                     self.conducting = _kept(self.conducting, self.conducting.phrase != phrase)
                 if self.rows is not None:
                     self.rows = _kept(self.rows, self.rows.phrase != phrase)
+                self._changed()
 
     def step(self) -> list[tuple[int, np.ndarray]]:
         """One step of every phrase; the phrases that completed: (key, tokens (T,))."""
         conducted = self._conduct() if self.conducting is not None else None
         finished = self._decode() if self.rows is not None else []
         if conducted is not None:  # their bar rows start at the next step
-            n = self.rows_per_phrase
-            self._start(conducted.bars.reshape(len(conducted.k) * n, -1),
-                        conducted.u.reshape(len(conducted.k) * n, -1),
-                        np.repeat(conducted.temperature, n), np.repeat(conducted.phrase, n))
+            n, p = self.rows_per_phrase, len(conducted.phrase)
+            bars = np.roll(conducted.bars, -(int(conducted.start[0]) % n), axis=1)  # all
+            # started together
+            self._start(bars.reshape(p * n, -1), conducted.u.reshape(p * n, -1),
+                        np.repeat(conducted.temperature, n), np.repeat(conducted.phrase, n),
+                        self._step + 1)
+        self._step += 1
         return finished
 
     def _conduct(self) -> _Conducting | None:
@@ -372,13 +390,13 @@ class Rolling:
         assert isinstance(self.engine, HierarchicalNumpy) and self.conducting is not None
         cd = self.conducting
         conductor = self.engine.conductor
-        gates = np.broadcast_to(conductor.bias0, (len(cd.k), len(conductor.bias0)))
-        cd.bars[np.arange(len(cd.k)), cd.k] = conductor.step(gates, cd.h, cd.c)
-        cd.k += 1
-        done = cd.k == self.rows_per_phrase
-        if not done.any():
+        gates = np.broadcast_to(conductor.bias0, (len(cd.phrase), len(conductor.bias0)))
+        cd.bars[:, self._step % self.rows_per_phrase] = conductor.step(gates, cd.h, cd.c)
+        if self._step != self._conducted_at:
             return None
+        done = cd.start == self._step - (self.rows_per_phrase - 1)
         self.conducting = _kept(cd, ~done)
+        self._changed()
         return cd.select(done)
 
     def _decode(self) -> list[tuple[int, np.ndarray]]:
@@ -390,19 +408,22 @@ class Rolling:
         logits = top @ st.out_weight
         logits += st.out_bias
         token = logits.argmax(axis=1)
-        sampled = np.flatnonzero(r.temperature[:, 0] > 0)
+        column = self._step % self.steps
+        sampled = self._sampled
         if len(sampled):
             token[sampled] = _pick(logits[sampled], r.temperature[sampled],
-                                   r.u[sampled, r.t[sampled]])
-        r.out[np.arange(len(r.t)), r.t] = token
+                                   r.u[sampled, column])
+        r.out[:, column] = token
         r.token = token
-        r.t += 1
-        done = r.t == self.steps
-        if not done.any():
+        if self._step != self._decoded_at:
             return []
-        finished = [(self.keys.pop(int(phrase)), r.out[r.phrase == phrase].reshape(-1))
-                    for phrase in np.unique(r.phrase[done])]
+        done = r.start == self._step - (self.steps - 1)  # rows that started together
+        out = np.roll(r.out[done], -(int(r.start[done][0]) % self.steps), axis=1)
+        ids = r.phrase[done]
+        finished = [(self.keys.pop(int(phrase)), out[ids == phrase].reshape(-1))
+                    for phrase in np.unique(ids)]
         self.rows = _kept(r, ~done)
+        self._changed()
         return finished
 
 

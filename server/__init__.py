@@ -2,7 +2,7 @@
 
 protocol.py  parse datagrams, check arguments, pack replies
 state.py     per-client latent coordinates, settings and slots (all bounded)
-engine.py    latest-wins request slots and batched encode / decode on one model thread
+engine.py    latest-wins request slots; a rolling decode batch (whole batches on a GPU)
 playback.py  the tempo clock: looping melodies and cued answers as timetagged note bundles
 live.py      live improvisation: performer notes in, an answer on the next phrase line
 files.py     /mvae/encode/file inside --allow-dir, on its own thread
