@@ -5,6 +5,10 @@ For every non-tiny preset (untrained weights: latency does not depend on their v
   on the CPU decoder of melodyvae.cpu_decode (NumPy);
 * ``torch_stepper_ms``: the same decode on the PyTorch stepper (the CUDA/MPS path), and
   ``numpy_speedup``, the ratio of the two;
+* ``rolling_ms``: the same decode through melodyvae.cpu_decode.Rolling, the server's CPU
+  decoder (a batch that requests join and leave between steps), and
+  ``rolling_over_parallel``, what that freedom costs at batch 1 (the two are timed in
+  turns);
 * ``sequential_ms``: the same weights, bars decoded one after another (the MusicVAE way);
 * ``floor_ms``: one matrix multiply with the same multiply-adds as the whole decode, at the
   decode's row count: (rows, K) @ (K, N) with rows = the rows decoded together (B * bars,
@@ -30,6 +34,7 @@ from functools import partial
 import torch
 
 from melodyvae import model as model_module
+from melodyvae.cpu_decode import numpy_context
 from melodyvae.model import VAE
 from melodyvae.presets import PRESETS, is_tiny
 
@@ -43,6 +48,31 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 5) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1000.0
+
+
+def paired_median_ms(a: Callable[[], object], b: Callable[[], object], repeats: int,
+                     warmup: int = 5) -> tuple[float, float]:
+    """Medians of a and b timed in turns, so that a noisy machine's drift hits both alike."""
+    for _ in range(warmup):
+        a()
+        b()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for fn, out in zip((a, b), times, strict=True):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return statistics.median(times[0]) * 1000.0, statistics.median(times[1]) * 1000.0
+
+
+def rolling_decode(model: VAE, z: torch.Tensor) -> None:
+    """One z through a rolling batch, from joining to its melody."""
+    rolling = model_module.rolling_decoder(model.decoder)
+    assert rolling is not None
+    with numpy_context():
+        rolling.add([(0, z[0].numpy(), 0.0, None)])
+        while len(rolling):
+            rolling.step()
 
 
 def main() -> None:
@@ -67,7 +97,9 @@ def main() -> None:
         k_all = max(1, round(macs / (m_all * k)))
         a_all, b_all = torch.randn(m_all, k_all), torch.randn(k_all, k)
         with torch.inference_mode():
-            parallel = median_ms(partial(model.sample, z, parallel=True), args.repeats)
+            parallel, rolling = paired_median_ms(partial(model.sample, z, parallel=True),
+                                                 partial(rolling_decode, model, z),
+                                                 args.repeats)
             sequential = median_ms(partial(model.sample, z, parallel=False), args.repeats)
             model_module.NUMPY_ON_CPU = False
             stepper = median_ms(partial(model.sample, z, parallel=True), args.repeats)
@@ -80,6 +112,8 @@ def main() -> None:
             "sequential_ms": round(sequential, 3),
             "torch_stepper_ms": round(stepper, 3),
             "numpy_speedup": round(stepper / parallel, 2),
+            "rolling_ms": round(rolling, 3),
+            "rolling_over_parallel": round(rolling / parallel, 2),
             "floor_ms": round(floor, 3),
             "floor_all_steps_ms": round(floor_all, 3),
             "speedup": round(sequential / parallel, 2),
@@ -88,7 +122,7 @@ def main() -> None:
             "decode_mmacs": round(macs / 1e6, 1),
         }
         print(f"{name:>12}: parallel {parallel:7.2f} ms  sequential {sequential:7.2f} ms  "
-              f"torch stepper {stepper:7.2f} ms  "
+              f"torch stepper {stepper:7.2f} ms  rolling {rolling:7.2f} ms  "
               f"floor {floor:6.2f} ms  all-steps floor {floor_all:6.2f} ms  "
               f"({sequential / parallel:.1f}x faster, {parallel / floor:.2f}x the floor, "
               f"{parallel / floor_all:.2f}x the all-steps floor)", flush=True)

@@ -269,11 +269,19 @@ class _Rows(_Group):
     phrase: np.ndarray  # (N,) phrase id
 
 
+def _shifted(a: np.ndarray, shift: int) -> np.ndarray:
+    """``np.roll(a, -shift, axis=1)``: column ``shift`` first (no copy for 0)."""
+    shift %= a.shape[1]
+    return a if shift == 0 else np.concatenate([a[:, shift:], a[:, :shift]], axis=1)
+
+
 def _joined(group: _G | None, new: _G) -> _G:
     return new if group is None else group.join(new)
 
 
 def _kept(group: _G, keep: np.ndarray) -> _G | None:
+    if keep.all():
+        return group
     return group.select(keep) if keep.any() else None
 
 
@@ -305,6 +313,7 @@ class Rolling:
         self._step = 0  # the number of the next step
         self._sampled = np.zeros(0, dtype=np.int64)  # rows that sample
         self._conducted_at = self._decoded_at = -1  # the step the oldest rows complete at
+        self._conductor_gates = np.zeros((0, 0), dtype=np.float32)
 
     def __len__(self) -> int:
         """Phrases being decoded."""
@@ -314,8 +323,10 @@ class Rolling:
         """Refresh what is computed per membership, not per step."""
         cd, r = self.conducting, self.rows
         self.width = (0 if cd is None else len(cd.phrase)) + (0 if r is None else len(r.phrase))
-        if cd is not None:
+        if cd is not None and isinstance(self.engine, HierarchicalNumpy):
             self._conducted_at = int(cd.start.min()) + self.rows_per_phrase - 1
+            bias = self.engine.conductor.bias0  # the conductor's input is zero
+            self._conductor_gates = np.broadcast_to(bias, (len(cd.phrase), len(bias)))
         if r is not None:
             self._decoded_at = int(r.start.min()) + self.steps - 1
             self._sampled = np.flatnonzero(r.temperature[:, 0] > 0)
@@ -356,7 +367,7 @@ class Rolling:
         self.rows = _joined(self.rows, _Rows(
             h, c, cond @ self.stepper.cond_weight + self.stepper.stack.bias0,
             np.full(n, self.stepper.start_token), np.full(n, step),
-            np.empty((n, self.steps), dtype=np.int64), np.roll(u, step % self.steps, axis=1),
+            np.empty((n, self.steps), dtype=np.int64), _shifted(u, -step),
             temperature[:, None], phrase))
         self._changed()
 
@@ -377,8 +388,7 @@ class Rolling:
         finished = self._decode() if self.rows is not None else []
         if conducted is not None:  # their bar rows start at the next step
             n, p = self.rows_per_phrase, len(conducted.phrase)
-            bars = np.roll(conducted.bars, -(int(conducted.start[0]) % n), axis=1)  # all
-            # started together
+            bars = _shifted(conducted.bars, int(conducted.start[0]))  # all started together
             self._start(bars.reshape(p * n, -1), conducted.u.reshape(p * n, -1),
                         np.repeat(conducted.temperature, n), np.repeat(conducted.phrase, n),
                         self._step + 1)
@@ -389,15 +399,14 @@ class Rolling:
         """One conductor step; the phrases whose bar embeddings are now all there."""
         assert isinstance(self.engine, HierarchicalNumpy) and self.conducting is not None
         cd = self.conducting
-        conductor = self.engine.conductor
-        gates = np.broadcast_to(conductor.bias0, (len(cd.phrase), len(conductor.bias0)))
-        cd.bars[:, self._step % self.rows_per_phrase] = conductor.step(gates, cd.h, cd.c)
+        out = self.engine.conductor.step(self._conductor_gates, cd.h, cd.c)
+        cd.bars[:, self._step % self.rows_per_phrase] = out
         if self._step != self._conducted_at:
             return None
         done = cd.start == self._step - (self.rows_per_phrase - 1)
         self.conducting = _kept(cd, ~done)
         self._changed()
-        return cd.select(done)
+        return _kept(cd, done)
 
     def _decode(self) -> list[tuple[int, np.ndarray]]:
         """One token step of every row; the phrases that completed."""
@@ -418,7 +427,7 @@ class Rolling:
         if self._step != self._decoded_at:
             return []
         done = r.start == self._step - (self.steps - 1)  # rows that started together
-        out = np.roll(r.out[done], -(int(r.start[done][0]) % self.steps), axis=1)
+        out = _shifted(r.out[done], int(r.start[done][0]))
         ids = r.phrase[done]
         finished = [(self.keys.pop(int(phrase)), out[ids == phrase].reshape(-1))
                     for phrase in np.unique(ids)]
