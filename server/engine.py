@@ -275,8 +275,9 @@ class Engine(Worker):
                 finished = self.rolling.step()
         except Exception as e:  # the batch's state is lost with it: every job fails
             jobs = list(self.running.values())
-            for job in jobs:
-                self._leave(job)
+            self.rolling = self.vae.rolling()
+            self.running.clear()
+            self.flying.clear()
             self._fail(jobs, e)
             return
         for key, tokens in finished:
@@ -291,7 +292,7 @@ class Engine(Worker):
                 continue
             self.sink.melody_ready(job, melody)
 
-    # ------------------------------------------------------------ whole batches (GPU)
+    # ------------------------------------------------------------ encodes, whole batches
 
     def _encode(self, jobs: list[EncodeJob]) -> None:
         try:
@@ -306,6 +307,7 @@ class Engine(Worker):
             self.sink.z_ready(job, z)
 
     def _decode(self, jobs: list[DecodeJob]) -> None:
+        """Decode the jobs as whole batches (on a GPU, where there is no rolling batch)."""
         groups: dict[tuple[float, int], list[tuple[DecodeJob, np.ndarray]]] = {}
         with self.state_lock:
             for job in jobs:
