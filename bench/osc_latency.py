@@ -201,7 +201,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", action="append", default=None,
                         help="model name or checkpoint (repeatable; hier-4bar, hier-16bar)")
-    parser.add_argument("--requests", type=int, default=200, help="round trips (200)")
+    parser.add_argument("--requests", type=int, default=1000,
+                        help="round trips (1000: a p99 of ten samples, not two)")
     parser.add_argument("--flood-rate", type=float, default=1000.0, help="messages/s (1000)")
     parser.add_argument("--flood-seconds", type=float, default=10.0, help="seconds (10)")
     parser.add_argument("--threads", type=int, default=1, help="server --threads (1)")
