@@ -12,6 +12,10 @@ Every array here is built once from a decoder's weights (:class:`HierarchicalNum
 :class:`FlatNumpy`) and cached by :mod:`melodyvae.model` until the weights change. The
 gate columns are reordered from PyTorch's (i, f, g, o) to (i, f, o, g), so one sigmoid pass
 covers the three gates and one tanh the cell candidate.
+
+:func:`decode` runs a fixed batch from its first step to its last. :class:`Rolling` runs the
+same steps for phrases that join and leave between steps (the server's decoder), at the
+same cost for a lone phrase (``python bench/decode.py``, ``rolling_over_parallel``).
 """
 
 from __future__ import annotations
