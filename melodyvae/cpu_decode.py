@@ -315,8 +315,13 @@ class Rolling:
         self.width = 0  # rows the next step computes (conductor rows and token rows)
         self._ids = itertools.count()
         self._step = 0  # the number of the next step
+        self._bar = 0  # the number of the next conductor step
+        # conductor steps per step: a phrase's conductor takes at most four steps, so that
+        # phrases that join one after another soon share their token steps
+        self.conductor_steps = -(-cfg.bars // 4) if isinstance(engine, HierarchicalNumpy) else 0
         self._sampled = np.zeros(0, dtype=np.int64)  # rows that sample
-        self._conducted_at = self._decoded_at = -1  # the step the oldest rows complete at
+        self._conducted_at = self._decoded_at = -1  # the (conductor) step the oldest rows
+        # complete at
         self._conductor_gates = np.zeros((0, 0), dtype=np.float32)
 
     def __len__(self) -> int:
@@ -355,7 +360,7 @@ class Rolling:
         if isinstance(self.engine, HierarchicalNumpy):
             h, c = self.engine.cond_init(z)
             bars = np.empty((len(z), n, self.engine.conductor.hidden), dtype=z.dtype)
-            start = np.full(len(z), self._step)
+            start = np.full(len(z), self._bar)
             self.conducting = _joined(self.conducting, _Conducting(
                 h, c, bars, start, u, temperature, ids))
             self._changed()
@@ -392,7 +397,11 @@ class Rolling:
         finished = self._decode() if self.rows is not None else []
         if conducted is not None:  # their bar rows start at the next step
             n, p = self.rows_per_phrase, len(conducted.phrase)
-            bars = _shifted(conducted.bars, int(conducted.start[0]))  # all started together
+            if (conducted.start == conducted.start[0]).all():
+                bars = _shifted(conducted.bars, int(conducted.start[0]))
+            else:  # (P, bars, C) in bar order, phrase by phrase
+                bars = np.stack([_shifted(b[None], int(start))[0] for b, start
+                                 in zip(conducted.bars, conducted.start, strict=True)])
             self._start(bars.reshape(p * n, -1), conducted.u.reshape(p * n, -1),
                         np.repeat(conducted.temperature, n), np.repeat(conducted.phrase, n),
                         self._step + 1)
@@ -400,17 +409,26 @@ class Rolling:
         return finished
 
     def _conduct(self) -> _Conducting | None:
-        """One conductor step; the phrases whose bar embeddings are now all there."""
-        assert isinstance(self.engine, HierarchicalNumpy) and self.conducting is not None
-        cd = self.conducting
-        out = self.engine.conductor.step(self._conductor_gates, cd.h, cd.c)
-        cd.bars[:, self._step % self.rows_per_phrase] = out
-        if self._step != self._conducted_at:
-            return None
-        done = cd.start == self._step - (self.rows_per_phrase - 1)
-        self.conducting = _kept(cd, ~done)
-        self._changed()
-        return _kept(cd, done)
+        """Up to :attr:`conductor_steps` conductor steps; the phrases whose bar embeddings
+        are now all there."""
+        assert isinstance(self.engine, HierarchicalNumpy)
+        conducted: _Conducting | None = None
+        for _ in range(self.conductor_steps):
+            cd = self.conducting
+            if cd is None:
+                break
+            out = self.engine.conductor.step(self._conductor_gates, cd.h, cd.c)
+            cd.bars[:, self._bar % self.rows_per_phrase] = out
+            self._bar += 1
+            if self._bar - 1 != self._conducted_at:
+                continue
+            done = cd.start == self._bar - self.rows_per_phrase  # started together
+            self.conducting = _kept(cd, ~done)
+            self._changed()
+            finished = _kept(cd, done)
+            assert finished is not None
+            conducted = _joined(conducted, finished)
+        return conducted
 
     def _decode(self) -> list[tuple[int, np.ndarray]]:
         """One token step of every row; the phrases that completed."""

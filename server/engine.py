@@ -190,16 +190,14 @@ class Engine(Worker):
         """Process every waiting job, and every job that arrives meanwhile, until none is
         left; the number processed. (The worker's step; tests call it directly instead of
         starting the thread.)"""
-        if self.rolling is None:
-            return self._take_and_run()
-        done = 0
-        with numpy_context():
-            while not self._stopping:
+        done = self._take_and_run()
+        if not self.running:
+            return done
+        with numpy_context():  # while decodes are running
+            while self.running and not self._stopping:
+                self._step()
                 if self.decodes.jobs or self.encodes.jobs or self.tasks.jobs:
                     done += self._take_and_run()
-                if not self.running:
-                    break
-                self._step()
         return done
 
     def _take_and_run(self) -> int:
