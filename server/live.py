@@ -16,7 +16,8 @@ once). An answer ready later than one lookahead before its bar line is dropped w
 ``/mvae/error``, never played late.
 
 The estimate is ``SAFETY`` times the longest deadline-to-ready time of the last
-``SAMPLES`` answers (a calibration run stands in before the first) plus ``WAKE_MARGIN``.
+``SAMPLES`` answers (before the first, a calibration run of three answers due together stands
+in) plus ``WAKE_MARGIN``.
 """
 
 from __future__ import annotations
@@ -477,16 +478,22 @@ class Listener:
                 self.error(request.key, ANSWER_ADDRESS, f"answer for bar {bar}: {reason}")
 
     def _calibrate(self) -> None:
-        """Time one answer on a made-up phrase (after one untimed run that warms up)."""
+        """Time the answers to three performers due at one bar line, one per kind of
+        answer (echo, blend, then contrast if the model has attributes, else a sampled
+        echo), on a made-up phrase, after one untimed run that warms every path up."""
         notes = tuple(Note(s, s + 2, 60 + (s * 7) % 12) for s in range(0, self.phrase_steps, 2))
         call = Melody(notes, self.phrase_steps, self.steps_per_bar)
-        request = AnswerRequest(CALIBRATION_KEY, self.phrase_steps, call, "echo",
-                                DEFAULT_AMOUNT, None, 0.0, 0.0, np.zeros(self.vae.z_dim), 0.0,
-                                0, 0.0)
+        attribute = next(iter(self.attributes), None)
+        kinds = [("echo", None, 0.0), ("blend", None, 0.0),
+                 ("contrast", attribute, 0.0) if attribute else ("echo", None, 1.0)]
+        requests = [AnswerRequest(CALIBRATION_KEY, self.phrase_steps, call, mode,
+                                  DEFAULT_AMOUNT, name, DEFAULT_ATTRIBUTE_AMOUNT, DEFAULT_MIX,
+                                  np.zeros(self.vae.z_dim), temperature, i, 0.0)
+                    for i, (mode, name, temperature) in enumerate(kinds)]
         try:
-            self.compose([request])
+            self.compose(requests)
             started = time.perf_counter()
-            self.compose([request])
+            self.compose(requests)
             elapsed = time.perf_counter() - started
         except Exception:
             _LOGGER.exception("live calibration failed")
@@ -494,7 +501,8 @@ class Listener:
         with self.lock:
             self.samples.append(elapsed)
             self.cond.notify()
-            _LOGGER.info("an answer takes %.1f ms; answering %.0f ms ahead of the lookahead",
+            _LOGGER.info("three answers due together take %.1f ms; answering %.0f ms ahead of "
+                         "the lookahead",
                          elapsed * 1000, self.estimate * 1000)
 
     # ------------------------------------------------------------ handlers (network thread)

@@ -30,6 +30,7 @@ from melodyvae.inference import MelodyVAE
 from melodyvae.melody import Melody, Note
 from melodyvae.server.app import OscServer
 from melodyvae.server.core import ServerConfig, ServerCore
+from melodyvae.server.live import Listener
 from melodyvae.server.playback import Player
 from melodyvae.server.protocol import Message, encode_message, parse_packet, timetag_seconds
 from melodyvae.training.axes import axes_document
@@ -136,6 +137,26 @@ def listening(vae: MelodyVAE) -> Wire:
     wire.core.engine.run_pending()  # the calibration run
     assert wire.core.live.samples, "calibration measured nothing"
     return wire
+
+
+@pytest.mark.parametrize("attributes", [True, False])
+def test_the_calibration_times_three_kinds_of_answer_due_together(
+        vae: MelodyVAE, vae_axes: MelodyVAE, attributes: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before any answer is timed, the estimate comes from answers as three performers get
+    them at one bar line: an echo, a blend and a contrast (a sampled echo for a model
+    without attributes), in one batch."""
+    batches: list[list[tuple[str, float]]] = []
+    compose = Listener.compose
+
+    def timed(self: Listener, requests: list[Any]) -> Any:
+        batches.append(sorted((r.mode, r.temperature) for r in requests))
+        return compose(self, requests)
+
+    monkeypatch.setattr(Listener, "compose", timed)
+    listening(vae_axes if attributes else vae)
+    third = ("contrast", 0.0) if attributes else ("echo", 1.0)
+    assert batches == [sorted([("echo", 0.0), ("blend", 0.0), third])] * 2  # warm-up, timed
 
 
 # ------------------------------------------------------------------ the answer, fake clock
