@@ -21,7 +21,6 @@ same cost for a lone phrase (``python bench/decode.py``, ``rolling_over_parallel
 from __future__ import annotations
 
 import contextlib
-import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -253,7 +252,7 @@ class _Conducting(_Group):
     start: np.ndarray  # (P,) the step each phrase's conductor started at
     u: np.ndarray  # (P, bars, steps) sampling uniforms of each bar row
     temperature: np.ndarray  # (P,)
-    phrase: np.ndarray  # (P,) phrase id
+    phrase: np.ndarray  # (P,) the caller's key
 
 
 @dataclass
@@ -270,7 +269,7 @@ class _Rows(_Group):
     out: np.ndarray  # (N, steps) tokens so far
     u: np.ndarray  # (N, steps) sampling uniforms (zeros for greedy rows)
     temperature: np.ndarray  # (N, 1) float32, 0 for greedy
-    phrase: np.ndarray  # (N,) phrase id
+    phrase: np.ndarray  # (N,) the caller's key
 
 
 def _shifted(a: np.ndarray, shift: int) -> np.ndarray:
@@ -311,9 +310,8 @@ class Rolling:
         self.rows_per_phrase = rows(cfg, 1)
         self.conducting: _Conducting | None = None
         self.rows: _Rows | None = None
-        self.keys: dict[int, int] = {}  # phrase id -> caller's key
+        self.keys: set[int] = set()  # the caller's keys of the phrases being decoded
         self.width = 0  # rows the next step computes (conductor rows and token rows)
-        self._ids = itertools.count()
         self._step = 0  # the number of the next step
         self._bar = 0  # the number of the next conductor step
         # conductor steps per step: a phrase's conductor takes at most four steps, so that
@@ -350,13 +348,12 @@ class Rolling:
         z = np.stack([z for _, z, _, _ in phrases]).astype(self.stepper.out_weight.dtype)
         u = np.zeros((len(z), n, self.steps), dtype=np.float32)
         temperature = np.zeros(len(z), dtype=np.float32)
-        ids = np.empty(len(z), dtype=np.int64)
+        ids = np.array([key for key, _, _, _ in phrases], dtype=np.int64)
         for i, (key, _, temp, generator) in enumerate(phrases):
             if temp > 0:  # drawn as decode() draws them for this phrase alone
                 u[i] = torch.rand(self.steps, n, generator=generator).numpy().T
                 temperature[i] = temp
-            ids[i] = next(self._ids)
-            self.keys[int(ids[i])] = key
+            self.keys.add(key)
         if isinstance(self.engine, HierarchicalNumpy):
             h, c = self.engine.cond_init(z)
             bars = np.empty((len(z), n, self.engine.conductor.hidden), dtype=z.dtype)
@@ -382,14 +379,14 @@ class Rolling:
 
     def drop(self, key: int) -> None:
         """Stop decoding ``key`` (nothing if it is not being decoded)."""
-        for phrase, k in list(self.keys.items()):
-            if k == key:
-                del self.keys[phrase]
-                if self.conducting is not None:
-                    self.conducting = _kept(self.conducting, self.conducting.phrase != phrase)
-                if self.rows is not None:
-                    self.rows = _kept(self.rows, self.rows.phrase != phrase)
-                self._changed()
+        if key not in self.keys:
+            return
+        self.keys.remove(key)
+        if self.conducting is not None:
+            self.conducting = _kept(self.conducting, self.conducting.phrase != key)
+        if self.rows is not None:
+            self.rows = _kept(self.rows, self.rows.phrase != key)
+        self._changed()
 
     def step(self) -> list[tuple[int, np.ndarray]]:
         """One step of every phrase; the phrases that completed: (key, tokens (T,))."""
@@ -397,11 +394,8 @@ class Rolling:
         finished = self._decode() if self.rows is not None else []
         if conducted is not None:  # their bar rows start at the next step
             n, p = self.rows_per_phrase, len(conducted.phrase)
-            if (conducted.start == conducted.start[0]).all():
-                bars = _shifted(conducted.bars, int(conducted.start[0]))
-            else:  # (P, bars, C) in bar order, phrase by phrase
-                bars = np.stack([_shifted(b[None], int(start))[0] for b, start
-                                 in zip(conducted.bars, conducted.start, strict=True)])
+            order = (conducted.start[:, None] + np.arange(n)) % n  # bar k's ring column
+            bars = conducted.bars[np.arange(p)[:, None], order]  # (P, bars, C) in bar order
             self._start(bars.reshape(p * n, -1), conducted.u.reshape(p * n, -1),
                         np.repeat(conducted.temperature, n), np.repeat(conducted.phrase, n),
                         self._step + 1)
@@ -450,9 +444,10 @@ class Rolling:
             return []
         done = r.start == self._step - (self.steps - 1)  # rows that started together
         out = _shifted(r.out[done], int(r.start[done][0]))
-        ids = r.phrase[done]
-        finished = [(self.keys.pop(int(phrase)), out[ids == phrase].reshape(-1))
-                    for phrase in np.unique(ids)]
+        keys = r.phrase[done]
+        finished = [(key, out[keys == key].reshape(-1))
+                    for key in dict.fromkeys(keys.tolist())]  # in the order they joined
+        self.keys.difference_update(key for key, _ in finished)
         self.rows = _kept(r, ~done)
         self._changed()
         return finished
@@ -473,16 +468,12 @@ def blas_threads(n: int) -> Iterator[None]:
         yield
 
 
-def one_blas_thread() -> contextlib.AbstractContextManager[None]:
-    """Single-threaded BLAS: these GEMMs are too small for thread hand-offs to pay."""
-    return blas_threads(1)
-
-
 @contextlib.contextmanager
 def numpy_context() -> Iterator[None]:
-    """How these decoders run: one BLAS thread, and no warning when exp overflows to inf
-    for a large negative pre-activation (the sigmoid is then exactly 0)."""
-    with one_blas_thread(), np.errstate(over="ignore"):
+    """How these decoders run: one BLAS thread (their GEMMs are too small for thread
+    hand-offs to pay), and no warning when exp overflows to inf for a large negative
+    pre-activation (the sigmoid is then exactly 0)."""
+    with blas_threads(1), np.errstate(over="ignore"):
         yield
 
 

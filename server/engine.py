@@ -183,8 +183,11 @@ class Engine(Worker):
     # ------------------------------------------------------------ worker side
     thread_name = "mvae-engine"
 
+    def _waiting(self) -> bool:
+        return bool(self.decodes.jobs or self.encodes.jobs or self.tasks.jobs)
+
     def has_work(self) -> bool:
-        return bool(self.decodes.jobs or self.encodes.jobs or self.tasks.jobs or self.running)
+        return self._waiting() or bool(self.running)
 
     def run_pending(self) -> int:
         """Process every waiting job, and every job that arrives meanwhile, until none is
@@ -196,7 +199,7 @@ class Engine(Worker):
         with numpy_context():  # while decodes are running
             while self.running and not self._stopping:
                 self._step()
-                if self.decodes.jobs or self.encodes.jobs or self.tasks.jobs:
+                if self._waiting():
                     done += self._take_and_run()
         return done
 
@@ -267,9 +270,10 @@ class Engine(Worker):
     def _step(self) -> None:
         """One decode step of the rolling batch; each melody that completes goes out."""
         assert self.rolling is not None
-        wide = self.rolling.width > MAX_ROWS and torch.get_num_threads() > 1
+        threads = torch.get_num_threads()
+        wide = self.rolling.width > MAX_ROWS and threads > 1
         try:  # past MAX_ROWS rows a step's GEMMs are big enough for --threads to pay
-            with blas_threads(torch.get_num_threads()) if wide else contextlib.nullcontext():
+            with blas_threads(threads) if wide else contextlib.nullcontext():
                 finished = self.rolling.step()
         except Exception as e:  # the batch's state is lost with it: every job fails
             jobs = list(self.running.values())
