@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from melodyvae.commands import decode_batches, default_batch
+from melodyvae.decode import decode_macs
 from melodyvae.inference import MelodyVAE, ModelNotFoundError, pick_device
 from melodyvae.model import VAE
 from melodyvae.presets import get_preset
@@ -75,7 +76,7 @@ def main() -> None:
     cfg = vae.config
     n = args.batch * args.chunks
     z = vae.sample_z(n, seed=0)
-    macs = vae.model.decode_macs()  # one decode, batch 1
+    macs = decode_macs(cfg)  # one decode, batch 1
     m, cols = args.batch * cfg.bars, 4 * cfg.dec_hidden
     k = max(1, round(macs * args.batch / (m * cols)))
     a = torch.randn(m, k, device=vae.device)

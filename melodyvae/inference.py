@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from melodyvae import decode
 from melodyvae.checkpoint import CheckpointError, load_checkpoint, read_info
-from melodyvae.cpu_decode import Rolling
+from melodyvae.decode import Cancel, Rolling
 from melodyvae.melody import Melody, from_tokens, to_tokens
-from melodyvae.model import Cancel, rolling_decoder
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -147,21 +147,21 @@ class MelodyVAE:
         """(B, Z) latent vectors -> (B, T) tokens. The same seed gives the same tokens.
 
         ``cancel`` is asked before every decode step; True stops the decode with
-        :class:`melodyvae.model.DecodeCancelled` (a server drops a decode gone stale)."""
+        :class:`melodyvae.decode.DecodeCancelled` (a server drops a decode gone stale)."""
         zt = torch.as_tensor(np.asarray(z, dtype=np.float32), device=self.device)
         if zt.ndim == 1:
             zt = zt.unsqueeze(0)
         if zt.shape[1] != self.z_dim:
             raise ValueError(f"z has {zt.shape[1]} dimensions, the model {self.z_dim}")
-        return self.model.sample(zt, temperature, self.generator(temperature, seed),
-                                 cancel=cancel)
+        return decode.sample(self.model, zt, temperature, self.generator(temperature, seed),
+                             cancel=cancel)
 
     def rolling(self) -> Rolling | None:
         """A decode that requests join and leave between steps (a server's decoder), or
         None where the model does not decode in NumPy (on a GPU): then use
         :meth:`decode_tokens`. Its phrases are the tokens decode_tokens gives each z alone
         with the same temperature and seed (see :meth:`generator`)."""
-        return rolling_decoder(self.model.decoder)
+        return decode.rolling(self.model)
 
     def generator(self, temperature: float, seed: int | None) -> torch.Generator | None:
         """The sampling generator :meth:`decode_tokens` uses (None for greedy decodes)."""

@@ -78,7 +78,7 @@ class Preset:
 BASE = Preset("base", ModelConfig(), TrainConfig(), "")
 
 _TINY_MODEL = dict(embed_dim=8, z_dim=8, enc_hidden=16, enc_layers=1, cond_hidden=16,
-                   cond_layers=1, dec_hidden=16, dec_layers=1)
+                   cond_layers=2, dec_hidden=16, dec_layers=2)
 _TINY_TRAIN = dict(batch_size=8, max_steps=50)
 
 

@@ -4,7 +4,7 @@ The network thread never runs the model. It puts a job in its client's slot and 
 worker; a newer job replaces an older one still waiting (a slider flood leaves at most one
 pending decode per client; the stale ones are dropped and counted).
 
-On the CPU the worker keeps a rolling batch (:class:`melodyvae.cpu_decode.Rolling`): between
+On the CPU the worker keeps a rolling batch (:class:`melodyvae.decode.Rolling`): between
 two decode steps it takes every waiting job, lets each decode join the batch at its first
 step, and takes out the running decode of a client that has asked for something newer —
 unless that client has heard nothing for :data:`MAX_UNANSWERED_S` because of such stops:
@@ -34,10 +34,9 @@ from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 import numpy as np
 import torch
 
-from melodyvae.cpu_decode import MAX_ROWS, blas_threads, numpy_context
+from melodyvae.decode import MAX_ROWS, DecodeCancelled, blas_threads, numpy_context
 from melodyvae.errors import MelodyVAEError
 from melodyvae.melody import Melody
-from melodyvae.model import DecodeCancelled
 from melodyvae.server.state import Addr, ClientState
 from melodyvae.server.worker import Worker
 

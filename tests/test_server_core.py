@@ -16,7 +16,7 @@ from pythonosc.osc_bundle_builder import OscBundleBuilder
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 
-from melodyvae.cpu_decode import MAX_ROWS, Rolling, numpy_context
+from melodyvae.decode import MAX_ROWS, Rolling, numpy_context
 from melodyvae.inference import MelodyVAE, slerp
 from melodyvae.melody import from_note_list
 from melodyvae.server.core import ServerConfig, ServerCore
