@@ -14,14 +14,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from melodyvae.argtypes import non_negative_int, positive_int
-from melodyvae.errors import MelodyVAEError
+from melodyvae.errors import MelodyVAEError, UserError
 
 PROG = "melodyvae"
 EXIT_USER_ERROR = 2
-
-
-class UserError(MelodyVAEError):
-    """A mistake in what the user asked for; printed as one line."""
 
 
 def _existing_file(text: str) -> Path:
@@ -108,11 +104,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_axes(args: argparse.Namespace) -> int:
-    import numpy as np
-
+    from melodyvae.axes import LatentAxes
     from melodyvae.checkpoint import write_info
     from melodyvae.inference import MelodyVAE, resolve_model, shipped_models
-    from melodyvae.training.axes import axes_document
+    from melodyvae.training.axes import compute_axes
     from melodyvae.training.evaluate import load_eval_data
 
     if str(args.model) in shipped_models() and args.out is None:
@@ -121,18 +116,12 @@ def cmd_axes(args: argparse.Namespace) -> int:
         raise UserError(f"{args.data}: no such corpus file or folder")
     vae = MelodyVAE.load(args.model, device=args.device)
     tokens = load_eval_data(args.data, vae.bars, "train")
-    rng = np.random.default_rng(0)
-    if len(tokens) > args.phrases:
-        tokens = tokens[np.sort(rng.choice(len(tokens), args.phrases, replace=False))]
-    mus = [vae.encode_tokens(tokens[i : i + 512])[0].float().cpu().numpy()
-           for i in range(0, len(tokens), 512)]
     doc = dict(vae.info)
-    doc["axes"] = axes_document(np.concatenate(mus), tokens)
+    doc["axes"], used = compute_axes(vae, tokens, args.phrases)
     out = args.out or resolve_model(args.model)
     write_info(resolve_model(args.model), doc, out)
-    names = ", ".join([f"pc{i + 1}" for i in range(len(doc["axes"]["pca"]["std"]))]
-                      + doc["axes"]["attribute_names"])
-    print(f"{out}: axes from {len(tokens)} phrases: {names}")
+    names = ", ".join(LatentAxes(vae.z_dim, doc["axes"]).names)
+    print(f"{out}: axes from {used} phrases: {names}")
     return 0
 
 

@@ -27,12 +27,13 @@ import logging
 import math
 import secrets
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from melodyvae.argtypes import positive_int, real_number, whole_number
-from melodyvae.errors import MelodyVAEError
+from melodyvae.errors import UserError
+from melodyvae.presets import CPU_BATCH, DEFAULT_MODEL, GPU_BATCH
 
 if TYPE_CHECKING:
     import numpy as np
@@ -42,9 +43,6 @@ if TYPE_CHECKING:
 
 _LOGGER = logging.getLogger(__name__)
 
-DEFAULT_MODEL_HELP = "hier-4bar"  # shown in --help; the default itself is inference's
-CPU_BATCH = 64  # melodies decoded together on a CPU: small enough for the cache
-GPU_BATCH = 1024  # melodies decoded together on a GPU
 SCORE_BATCH = 256  # phrases scored together (teacher-forced, one pass)
 SYNTHS = ("auto", "fluidsynth", "builtin")
 
@@ -54,13 +52,6 @@ _NON_NEGATIVE = real_number(0.0)
 _TEMPO = real_number(10.0, 400.0, unit="qpm")
 
 
-class CommandError(MelodyVAEError):
-    """A bad argument or input for one of these commands."""
-
-
-# ------------------------------------------------------------------ argument types
-
-
 # ------------------------------------------------------------------ shared helpers
 
 
@@ -68,22 +59,22 @@ def _check_files(*paths: Path) -> None:
     """Every input must exist before anything is loaded."""
     for path in paths:
         if not path.exists():
-            raise CommandError(f"{path}: no such file")
+            raise UserError(f"{path}: no such file")
         if not path.is_file():
-            raise CommandError(f"{path}: not a file")
+            raise UserError(f"{path}: not a file")
 
 
 def _check_dir(path: Path) -> Path:
     """An output folder must be a folder or not exist yet; it is made once work begins."""
     if path.exists() and not path.is_dir():
-        raise CommandError(f"{path}: exists and is not a folder")
+        raise UserError(f"{path}: exists and is not a folder")
     return path
 
 
 def _check_out_file(path: Path) -> None:
     """An output file must not be a folder; its folder is made once work begins."""
     if path.is_dir():
-        raise CommandError(f"{path}: is a folder, give a file name")
+        raise UserError(f"{path}: is a folder, give a file name")
 
 
 def _check_synth(args: argparse.Namespace) -> None:
@@ -98,42 +89,15 @@ def _resolve_seed(seed: int | None) -> int:
     return secrets.randbelow(2**31) if seed is None else seed
 
 
-def chunk_seed(seed: int, chunk: int) -> int:
-    """The sampling seed of one decode chunk, derived from the run's seed."""
-    import numpy as np
-
-    return int(np.random.SeedSequence([seed, chunk]).generate_state(1)[0])
-
-
 def load_model(args: argparse.Namespace) -> MelodyVAE:
     """The model named by ``--model`` (the shipped default when absent), on ``--device``."""
     import torch
 
-    from melodyvae.inference import DEFAULT_MODEL, MelodyVAE
+    from melodyvae.inference import MelodyVAE
 
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
-    try:
-        return MelodyVAE.load(args.model or DEFAULT_MODEL, device=args.device)
-    except ValueError as e:
-        if isinstance(e, MelodyVAEError):
-            raise
-        raise CommandError(str(e)) from e
-
-
-def read_melody(path: Path, qpm: float | None = None) -> tuple[Melody, str]:
-    """A melody from a MIDI or audio file, and a few words on where it came from."""
-    from melodyvae.audio import looks_like_audio, transcribe_file
-
-    if looks_like_audio(path):
-        result = transcribe_file(path, qpm)
-        how = "estimated" if result.tempo_estimated else "given"
-        return result.melody, (f"transcribed {len(result.melody.notes)} notes at "
-                               f"{result.qpm:.1f} qpm ({how})")
-    from melodyvae.midi import read_midi
-
-    melody, info = read_midi(path)
-    return melody, f"{len(melody.notes)} notes from track {info.track}"
+    return MelodyVAE.load(args.model or DEFAULT_MODEL, device=args.device)
 
 
 def _phrase_note(vae: MelodyVAE, melody: Melody) -> str:
@@ -143,31 +107,6 @@ def _phrase_note(vae: MelodyVAE, melody: Melody) -> str:
     if melody.total_steps < vae.steps:
         return f"padded {melody.n_bars} bars with rests to {vae.bars}"
     return f"{vae.bars} bars"
-
-
-def default_batch(vae: MelodyVAE) -> int:
-    """Melodies to decode at once on the model's device.
-
-    On a CPU the step-by-step decode spends much of its time in elementwise LSTM-cell
-    arithmetic; with 64 melodies (1,024 bars in flight) those tensors stay in cache while
-    the matrix products are still large (measured for hier-16bar: ~140 melodies/s at 32-128
-    against ~115-130 at 256-512, one thread).
-    """
-    return CPU_BATCH if vae.device.type == "cpu" else GPU_BATCH
-
-
-def decode_batches(vae: MelodyVAE, z: np.ndarray, temperature: float, seed: int,
-                   batch_size: int | None = None) -> Iterator[np.ndarray]:
-    """Decode (N, Z) latent vectors chunk by chunk on the model's device: (b, T) tokens.
-
-    Chunk ``k`` samples with :func:`chunk_seed` (seed, k), so a run is fixed by its seed
-    and batch size (:func:`default_batch` when None).
-    """
-    batch_size = batch_size or default_batch(vae)
-    for k, start in enumerate(range(0, len(z), batch_size)):
-        tokens = vae.decode_tokens(z[start:start + batch_size], temperature,
-                                   chunk_seed(seed, k))
-        yield tokens.cpu().numpy()
 
 
 def percentile_of(bits: float, heldout: Sequence[float] | None) -> float | None:
@@ -240,7 +179,7 @@ def _write_batch(vae: MelodyVAE, z: np.ndarray, args: argparse.Namespace, seed: 
     width = max(3, len(str(len(z) - 1)))
     with _progress(len(z), desc, args.quiet) as bar:
         index = 0
-        for tokens in decode_batches(vae, z, args.temperature, seed, args.batch_size):
+        for tokens in vae.decode_batches(z, args.temperature, seed, args.batch_size):
             for row in tokens:
                 melody = vae.melody_from_tokens(row, qpm)
                 name = f"{stem}{index:0{width}d}"
@@ -267,12 +206,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from melodyvae.inference import slerp
+    from melodyvae.inference import read_melody
 
     if args.steps < 2:
-        raise CommandError("--steps must be at least 2 (the two ends)")
+        raise UserError("--steps must be at least 2 (the two ends)")
     _check_files(args.start, args.end)
     out = _check_dir(args.out)
     _check_synth(args)
@@ -280,15 +217,9 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     vae = load_model(args)
     a, _ = read_melody(args.start, args.qpm)
     b, _ = read_melody(args.end, args.qpm)
-    za, zb = vae.encode([a, b])
-    ts = np.linspace(0.0, 1.0, args.steps)
-    if args.lerp:
-        z = np.stack([(1 - t) * za + t * zb for t in ts])
-    else:
-        z = np.stack([slerp(za, zb, t) for t in ts])
+    z = vae.interpolation(a, b, args.steps, "lerp" if args.lerp else "slerp")
     qpm = args.qpm or a.qpm
-    writer = _write_batch(vae, z.astype(np.float32), args, seed, out, args.prefix, qpm,
-                          "interpolating")
+    writer = _write_batch(vae, z, args, seed, out, args.prefix, qpm, "interpolating")
     how = "straight line" if args.lerp else "great circle (slerp)"
     print(f"{out}: {writer.summary()} from {args.start.name} to {args.end.name} along a "
           f"{how} in {vae.name}'s latent space"
@@ -299,16 +230,15 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 def cmd_vary(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from melodyvae.inference import read_melody, vary
+
     _check_files(args.input)
     out = _check_dir(args.out)
     _check_synth(args)
     seed = _resolve_seed(args.seed)
     vae = load_model(args)
     melody, source = read_melody(args.input, args.qpm)
-    mu = vae.encode(melody)
-    rng = np.random.default_rng(seed)
-    z = (mu[None, :] + args.amount * rng.standard_normal((args.n, vae.z_dim))).astype(
-        np.float32)
+    z = vary(vae.encode(melody), args.amount, seed, args.n).astype(np.float32)
     writer = _write_batch(vae, z, args, seed, out, args.prefix, args.qpm or melody.qpm,
                           "varying")
     print(f"{out}: {writer.summary()} varying {args.input.name} ({source}; "
@@ -317,6 +247,8 @@ def cmd_vary(args: argparse.Namespace) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
+    from melodyvae.inference import read_melody
+
     _check_files(args.input)
     if args.out is not None:
         _check_out_file(args.out)
@@ -349,22 +281,24 @@ def _read_z(source: str) -> tuple[list[float], str | None]:
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
-        raise CommandError(f"{name}: not JSON ({e})") from e
+        raise UserError(f"{name}: not JSON ({e})") from e
     model = None
     if isinstance(doc, dict):
         model = doc.get("model") if isinstance(doc.get("model"), str) else None
         doc = doc.get("z")
     if (not isinstance(doc, list) or not doc
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in doc)):
-        raise CommandError(f'{name}: wants a list of numbers or an object with "z": [...]')
+        raise UserError(f'{name}: wants a list of numbers or an object with "z": [...]')
     values = [float(v) for v in doc]
     if not all(math.isfinite(v) for v in values):
-        raise CommandError(f"{name}: the latent vector holds NaN or infinity")
+        raise UserError(f"{name}: the latent vector holds NaN or infinity")
     return values, model
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
     import numpy as np
+
+    from melodyvae.inference import chunk_seed
 
     values, named_model = _read_z(args.z_json)
     _check_out_file(args.out)
@@ -377,7 +311,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     seed = _resolve_seed(args.seed)
     vae = load_model(args)
     if len(values) != vae.z_dim:
-        raise CommandError(f"the vector has {len(values)} numbers, {vae.name} takes "
+        raise UserError(f"the vector has {len(values)} numbers, {vae.name} takes "
                            f"{vae.z_dim}")
     tokens = vae.decode_tokens(np.asarray([values], dtype=np.float32), args.temperature,
                                chunk_seed(seed, 0)).cpu().numpy()
@@ -398,6 +332,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
 def cmd_score(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from melodyvae.inference import read_melody
     from melodyvae.melody import to_tokens
 
     _check_files(*args.inputs)
@@ -419,7 +354,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             tokens.append(to_tokens(phrase)[0])
             found += 1
         if not found:
-            raise CommandError(f"{path}: no notes to score")
+            raise UserError(f"{path}: no notes to score")
     bits = vae.negative_elbo_bits(np.stack(tokens), args.batch_size)
     for row, b in zip(rows, bits, strict=True):
         row["bits"] = round(float(b), 3)
@@ -486,9 +421,9 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 def _model_options(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("model")
     group.add_argument("--model", default=None, metavar="NAME|FILE",
-                       help=f"which trained model: a shipped name ({DEFAULT_MODEL_HELP}, "
+                       help=f"which trained model: a shipped name ({DEFAULT_MODEL}, "
                             "hier-16bar, flat-16bar; see 'melodyvae models') or a checkpoint "
-                            f"file (default {DEFAULT_MODEL_HELP})")
+                            f"file (default {DEFAULT_MODEL})")
     group.add_argument("--device", default="auto",
                        help="where the model runs: auto (a GPU when there is one), cpu, "
                             "cuda or mps")

@@ -33,6 +33,8 @@ from melodyvae.melody import (
 
 _LOGGER = logging.getLogger(__name__)
 
+MIDI_SUFFIXES = (".mid", ".midi", ".kar", ".smf")  # Standard MIDI File name endings
+
 
 class MidiError(MelodyVAEError, ValueError):
     """A MIDI file that cannot give a melody."""

@@ -77,6 +77,12 @@ class Preset:
 
 BASE = Preset("base", ModelConfig(), TrainConfig(), "")
 
+# What the inference facade (melodyvae.inference) takes when not told; here, so that
+# command-line help can show them without importing torch.
+DEFAULT_MODEL = "hier-4bar"  # the shipped model (named after its preset) used when none is named
+CPU_BATCH = 64  # melodies decoded together on a CPU: small enough for the cache
+GPU_BATCH = 1024  # melodies decoded together on a GPU
+
 _TINY_MODEL = dict(embed_dim=8, z_dim=8, enc_hidden=16, enc_layers=1, cond_hidden=16,
                    cond_layers=2, dec_hidden=16, dec_layers=2)
 _TINY_TRAIN = dict(batch_size=8, max_steps=50)

@@ -43,7 +43,7 @@ from melodyvae.server.protocol import (
     error_message,
     parse_packet,
 )
-from melodyvae.server.state import Addr, AxesError, BoundedMap, ClientState, LatentAxes
+from melodyvae.server.state import Addr, AxesError, BoundedMap, ClientState
 
 if TYPE_CHECKING:
     from melodyvae.inference import MelodyVAE
@@ -90,7 +90,7 @@ class ServerCore:
         self._send = send
         self.lock = threading.RLock()  # client state: network, worker and playback threads
         self._send_lock = threading.Lock()
-        self.axes = LatentAxes(vae.z_dim, vae.axes)
+        self.axes = vae.latent_axes
         self.clients: BoundedMap[Addr, ClientState] = BoundedMap(
             self.config.max_clients, self._evicted)
         self.routes: BoundedMap[Addr, int] = BoundedMap(self.config.max_clients * 4)

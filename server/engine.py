@@ -36,6 +36,7 @@ import torch
 
 from melodyvae.decode import MAX_ROWS, DecodeCancelled, blas_threads, numpy_context
 from melodyvae.errors import MelodyVAEError
+from melodyvae.inference import vary
 from melodyvae.melody import Melody
 from melodyvae.server.state import Addr, ClientState
 from melodyvae.server.worker import Worker
@@ -69,8 +70,7 @@ class DecodeJob:
         z = self.client.z if self.z is None else self.z
         if self.vary is not None:
             amount, seed = self.vary
-            noise = np.random.default_rng(seed).standard_normal(len(z))
-            z = z + amount * noise
+            z = vary(z, amount, seed)
         return z
 
 

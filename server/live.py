@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from melodyvae.errors import MelodyVAEError
+from melodyvae.inference import vary
 from melodyvae.melody import Melody, Note, monophonic
 from melodyvae.server.engine import Engine
 from melodyvae.server.playback import Player
@@ -408,8 +409,7 @@ class Listener:
     def _move(self, request: AnswerRequest, z_call: np.ndarray) -> np.ndarray:
         """The answer's latent vector: the call's, moved by the mode."""
         if request.mode == "echo":
-            noise = np.random.default_rng(request.seed).standard_normal(len(z_call))
-            return z_call + request.amount * noise
+            return vary(z_call, request.amount, request.seed)
         if request.mode == "contrast":
             vector = self.attributes.get(request.attribute or "")
             if vector is None:
