@@ -41,6 +41,18 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _extract_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("extract", help="write the quantized melody the model would see",
+                       description="Take the melodic line of a MIDI file, put it on the "
+                                   "16th-note grid and write it as a one-track MIDI file.")
+    p.add_argument("input", metavar="IN.mid", type=_existing_file)
+    p.add_argument("output", metavar="OUT.mid", type=Path)
+    p.add_argument("--track", type=non_negative_int, default=None,
+                   help="take this track (0 = the first instrument) instead of the busiest "
+                        "non-drum one")
+    p.set_defaults(func=cmd_extract)
+
+
 def cmd_corpus(args: argparse.Namespace) -> int:
     from melodyvae.training import corpus as corpus_mod
 
@@ -58,6 +70,24 @@ def cmd_corpus(args: argparse.Namespace) -> int:
         print(line)
     print(f"wrote {args.out}: {len(corpus.tokens)} phrases of {args.bars} bars")
     return 0
+
+
+def _corpus_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("corpus", help="build a phrase corpus from MIDI files or folk tunes",
+                       description="Cut tunes into phrases of N bars, split by tune into "
+                                   "train/valid/test, and write one corpus file.")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--midi", metavar="DIR", help="a folder of MIDI files (recursive)")
+    source.add_argument("--folk", action="store_true",
+                        help="music21's folk collections (needs melodyvae[folk])")
+    p.add_argument("--out", metavar="FILE", required=True, help="corpus file to write (.npz)")
+    p.add_argument("--bars", type=positive_int, default=4, help="bars per phrase (4)")
+    p.add_argument("--hop", type=positive_int, default=1, help="bars between phrases (1)")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="parallel processes (all cores)")
+    p.add_argument("--cache-dir", default=None,
+                   help="where parsed folk tunes are cached (~/.cache/melodyvae)")
+    p.set_defaults(func=cmd_corpus)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -78,6 +108,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     path = train(preset, options)
     print(f"model written to {path}")
     return 0
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model on a corpus",
+                       description="Train a preset on a corpus file. Under torchrun it "
+                                   "trains on every process (DistributedDataParallel).")
+    p.add_argument("--preset", required=True, help="hier-4bar, hier-16bar, flat-16bar, ...")
+    p.add_argument("--data", required=True, metavar="FILE", help="corpus file")
+    p.add_argument("--out", required=True, metavar="RUNDIR", help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in RUNDIR")
+    p.add_argument("--init-from", metavar="MODEL", default=None,
+                   help="start from a checkpoint or shipped model (its weights and step; "
+                        "a fresh optimizer), e.g. to go on training a shipped model")
+    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
+                   help="override a preset field, e.g. train.lr=3e-4 or model.z_dim=64")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--max-steps", type=positive_int, default=None,
+                   help="stop at this step (the preset's otherwise)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop after this long, with a checkpoint")
+    p.add_argument("--checkpoint-every", type=positive_int, default=200)
+    p.add_argument("--eval-every", type=positive_int, default=200)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -103,6 +159,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="reconstruction accuracy, NLL, KL, active units",
+                       description="Evaluate a model on a corpus file's test split or on a "
+                                   "folder of MIDI files.")
+    p.add_argument("model", metavar="MODEL", help="shipped model name or checkpoint file")
+    p.add_argument("data", metavar="DATA", help="corpus file or folder of MIDI files")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--split", default="test", choices=("train", "valid", "test"),
+                   help="corpus split (test)")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or mps")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads")
+    p.set_defaults(func=cmd_evaluate)
+
+
 def cmd_axes(args: argparse.Namespace) -> int:
     from melodyvae.axes import LatentAxes
     from melodyvae.checkpoint import write_info
@@ -125,6 +196,20 @@ def cmd_axes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _axes_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("axes", help="compute the latent sliders (PCA and attributes)",
+                       description="Compute PCA axes and attribute vectors (note density, "
+                                   "mean pitch, pitch range, mean interval, syncopation, rest "
+                                   "ratio) from a corpus and store them in the checkpoint.")
+    p.add_argument("model", metavar="MODEL", help="checkpoint file (or shipped name with --out)")
+    p.add_argument("data", metavar="DATA", help="corpus file (train split) or MIDI folder")
+    p.add_argument("--out", default=None, help="write here instead of updating MODEL")
+    p.add_argument("--phrases", type=positive_int, default=20000,
+                   help="phrases to use at most (20000)")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or mps")
+    p.set_defaults(func=cmd_axes)
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from melodyvae.checkpoint import read_info
     from melodyvae.inference import DEFAULT_MODEL, shipped_models
@@ -145,6 +230,11 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the shipped models")
+    p.set_defaults(func=cmd_models)
+
+
 # ------------------------------------------------------------------ parser
 
 
@@ -157,83 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("extract", help="write the quantized melody the model would see",
-                       description="Take the melodic line of a MIDI file, put it on the "
-                                   "16th-note grid and write it as a one-track MIDI file.")
-    p.add_argument("input", metavar="IN.mid", type=_existing_file)
-    p.add_argument("output", metavar="OUT.mid", type=Path)
-    p.add_argument("--track", type=non_negative_int, default=None,
-                   help="take this track (0 = the first instrument) instead of the busiest "
-                        "non-drum one")
-    p.set_defaults(func=cmd_extract)
-
-    p = sub.add_parser("corpus", help="build a phrase corpus from MIDI files or folk tunes",
-                       description="Cut tunes into phrases of N bars, split by tune into "
-                                   "train/valid/test, and write one corpus file.")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--midi", metavar="DIR", help="a folder of MIDI files (recursive)")
-    source.add_argument("--folk", action="store_true",
-                        help="music21's folk collections (needs melodyvae[folk])")
-    p.add_argument("--out", metavar="FILE", required=True, help="corpus file to write (.npz)")
-    p.add_argument("--bars", type=positive_int, default=4, help="bars per phrase (4)")
-    p.add_argument("--hop", type=positive_int, default=1, help="bars between phrases (1)")
-    p.add_argument("--workers", type=positive_int, default=None,
-                   help="parallel processes (all cores)")
-    p.add_argument("--cache-dir", default=None,
-                   help="where parsed folk tunes are cached (~/.cache/melodyvae)")
-    p.set_defaults(func=cmd_corpus)
-
-    p = sub.add_parser("train", help="train a model on a corpus",
-                       description="Train a preset on a corpus file. Under torchrun it "
-                                   "trains on every process (DistributedDataParallel).")
-    p.add_argument("--preset", required=True, help="hier-4bar, hier-16bar, flat-16bar, ...")
-    p.add_argument("--data", required=True, metavar="FILE", help="corpus file")
-    p.add_argument("--out", required=True, metavar="RUNDIR", help="run folder")
-    p.add_argument("--resume", action="store_true", help="continue the run in RUNDIR")
-    p.add_argument("--init-from", metavar="MODEL", default=None,
-                   help="start from a checkpoint or shipped model (its weights and step; "
-                        "a fresh optimizer), e.g. to go on training a shipped model")
-    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
-                   help="override a preset field, e.g. train.lr=3e-4 or model.z_dim=64")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads")
-    p.add_argument("--seed", type=non_negative_int, default=0)
-    p.add_argument("--max-steps", type=positive_int, default=None,
-                   help="stop at this step (the preset's otherwise)")
-    p.add_argument("--max-minutes", type=float, default=None,
-                   help="stop after this long, with a checkpoint")
-    p.add_argument("--checkpoint-every", type=positive_int, default=200)
-    p.add_argument("--eval-every", type=positive_int, default=200)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("evaluate", help="reconstruction accuracy, NLL, KL, active units",
-                       description="Evaluate a model on a corpus file's test split or on a "
-                                   "folder of MIDI files.")
-    p.add_argument("model", metavar="MODEL", help="shipped model name or checkpoint file")
-    p.add_argument("data", metavar="DATA", help="corpus file or folder of MIDI files")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--split", default="test", choices=("train", "valid", "test"),
-                   help="corpus split (test)")
-    p.add_argument("--batch-size", type=positive_int, default=256)
-    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or mps")
-    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads")
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser("axes", help="compute the latent sliders (PCA and attributes)",
-                       description="Compute PCA axes and attribute vectors (note density, "
-                                   "mean pitch, pitch range, mean interval, syncopation, rest "
-                                   "ratio) from a corpus and store them in the checkpoint.")
-    p.add_argument("model", metavar="MODEL", help="checkpoint file (or shipped name with --out)")
-    p.add_argument("data", metavar="DATA", help="corpus file (train split) or MIDI folder")
-    p.add_argument("--out", default=None, help="write here instead of updating MODEL")
-    p.add_argument("--phrases", type=positive_int, default=20000,
-                   help="phrases to use at most (20000)")
-    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or mps")
-    p.set_defaults(func=cmd_axes)
-
-    p = sub.add_parser("models", help="list the shipped models")
-    p.set_defaults(func=cmd_models)
+    _extract_parser(sub)
+    _corpus_parser(sub)
+    _train_parser(sub)
+    _evaluate_parser(sub)
+    _axes_parser(sub)
+    _models_parser(sub)
 
     # Subcommands that live beside their code; each module's add_parsers() only declares
     # arguments and imports its heavy parts inside the handlers.
