@@ -23,6 +23,7 @@ waiting beside them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -125,12 +126,16 @@ class LatestWins(Generic[J]):
 
 @dataclass
 class EngineStats:
+    """The engine's counters (a copy of them from :meth:`Engine.snapshot`)."""
+
     requests: int = 0  # decode requests received
     decoded: int = 0  # melodies made
-    batches: int = 0  # decode_tokens calls
-    max_batch: int = 0  # the largest of them
+    batches: int = 0  # decodes started together: rolling-batch joins, or whole batches
+    max_batch: int = 0  # the most decodes running together
     encoded: int = 0  # melodies encoded
     cancelled: int = 0  # decodes stopped part-way because every client had a newer request
+    superseded: int = 0  # decode requests dropped, still waiting, for a newer one
+    max_waiting: int = 0  # the most decode requests waiting at once
 
 
 class Engine(Worker):
@@ -146,12 +151,17 @@ class Engine(Worker):
         self.encodes: LatestWins[EncodeJob] = LatestWins(max_clients)
         self.tasks: LatestWins[Callable[[], None]] = LatestWins(max_clients)
         self.stats = EngineStats()
-        self.on_batch: Callable[[int], None] | None = None  # test hook: batch sizes
         self.clock: Callable[[], float] = time.monotonic
         # Decodes in NumPy on the CPU join a rolling batch (None on a GPU: whole batches)
         self.rolling = vae.rolling()
         self.running: dict[int, DecodeJob] = {}  # id(job) -> job, in the rolling batch
         self.flying: dict[Addr, list[DecodeJob]] = {}  # per client: at most two running
+
+    def snapshot(self) -> EngineStats:
+        """The counters at one moment, safe to read from any thread."""
+        with self.cond:
+            return dataclasses.replace(self.stats, superseded=self.decodes.superseded,
+                                       max_waiting=self.decodes.max_waiting)
 
     # ------------------------------------------------------------ network thread side
     def submit_decode(self, job: DecodeJob) -> None:
@@ -254,8 +264,6 @@ class Engine(Worker):
             self.flying.setdefault(job.client.key, []).append(job)
         self.stats.batches += 1
         self.stats.max_batch = max(self.stats.max_batch, len(self.rolling))
-        if self.on_batch is not None:
-            self.on_batch(len(jobs))
 
     def _leave(self, job: DecodeJob) -> None:
         assert self.rolling is not None
@@ -348,8 +356,6 @@ class Engine(Worker):
             self.stats.batches += 1
             self.stats.decoded += len(batch)
             self.stats.max_batch = max(self.stats.max_batch, len(batch))
-            if self.on_batch is not None:
-                self.on_batch(len(batch))
             for job, melody in zip(batch, melodies, strict=True):
                 self.sink.melody_ready(job, melody)
 

@@ -40,6 +40,7 @@ from melodyvae.server.engine import Engine
 from melodyvae.server.playback import Player
 from melodyvae.server.protocol import PREFIX, Args, encode_message
 from melodyvae.server.state import Addr, AxesError, ClientState
+from melodyvae.server.worker import Worker
 
 if TYPE_CHECKING:
     from melodyvae.inference import MelodyVAE
@@ -195,12 +196,15 @@ def answer_end(answer_id: int) -> bytes:
 Handler = Callable[[ClientState, Args], None]
 
 
-class Listener:
+class Listener(Worker):
     """Live clocks, performer notes and answer deadlines for every listening client.
 
     Its state is guarded by the server's state lock (the handlers run under it); its thread
-    waits on a condition of that lock until the next deadline.
+    waits on a condition of that lock until the next deadline, or until poked when plans
+    change.
     """
+
+    thread_name = "mvae-live"
 
     def __init__(self, vae: MelodyVAE, player: Player, engine: Engine,
                  lock: threading.RLock, attributes: dict[str, np.ndarray],
@@ -222,9 +226,8 @@ class Listener:
         self.samples: deque[float] = deque(maxlen=SAMPLES)  # seconds, deadline to ready
         self.calibrating = False
         self.batches = 0  # answer tasks handed to the model thread
-        self.cond = threading.Condition(lock)
-        self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._wake_at: float | None = None  # the next deadline (clock seconds)
+        super().__init__(threading.Condition(lock))
 
     # ------------------------------------------------------------ lifecycle
     def handlers(self) -> dict[str, Handler]:
@@ -235,17 +238,6 @@ class Listener:
             ("answer/attribute", self._attribute), ("answer/mix", self._mix),
             ("answer/stats", self._stats),
         )}
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="mvae-live", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 2.0) -> None:
-        with self.cond:
-            self._stopping = True
-            self.cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     def forget(self, key: Addr) -> None:
         """Drop a client's session (it was evicted)."""
@@ -275,7 +267,7 @@ class Listener:
 
     def wake(self) -> None:
         """Recompute deadlines (a client's lookahead changed). Call with the lock held."""
-        self.cond.notify()
+        self.poke()
 
     # ------------------------------------------------------------ deadlines
     def _lead(self, session: Session) -> float:
@@ -295,7 +287,7 @@ class Listener:
                 session.next_line = max(session.next_line, after)  # tempo moves lines back)
             if session.requested is not None:
                 session.requested = self._first_line(session, self.steps_per_bar, now)
-        self.cond.notify()
+        self.poke()
 
     def run_due(self, now: float | None = None) -> float | None:
         """Make every answer request whose deadline has come — all of them one task for the
@@ -363,15 +355,18 @@ class Listener:
             session.attribute_amount, session.mix, client.z.copy(), client.temperature,
             (client.seed + session.count) % 2**63, bar_time - lead, session))
 
-    def _loop(self) -> None:
-        with self.cond:
-            while not self._stopping:
-                try:
-                    wake = self.run_due()
-                except Exception:  # a bug here must not end listening for everyone
-                    _LOGGER.exception("live scheduling failed")
-                    wake = self.clock() + 0.1
-                self.cond.wait(None if wake is None else max(0.0, wake - self.clock()))
+    def wait_seconds(self) -> float | None:
+        return None if self._wake_at is None else self._wake_at - self.clock()
+
+    def run_pending(self) -> int:
+        """The listener thread's step: :meth:`run_due` under the state lock."""
+        with self.lock:
+            try:
+                self._wake_at = self.run_due()
+            except Exception:  # a bug here must not end listening for everyone
+                _LOGGER.exception("live scheduling failed")
+                self._wake_at = self.clock() + 0.1
+        return 0
 
     # ------------------------------------------------------------ model thread
     def compose(self, requests: list[AnswerRequest]
@@ -432,7 +427,7 @@ class Listener:
         ready = self.clock()
         with self.lock:
             self.samples.append(ready - min(r.deadline for r in requests))
-            self.cond.notify()  # the estimate moved: deadlines may have too
+            self.poke()  # the estimate moved: deadlines may have too
             for request, result in sorted(zip(requests, results, strict=True),
                                           key=lambda item: item[0].deadline):
                 self._cue(request, *result, ready)
@@ -500,7 +495,7 @@ class Listener:
             return
         with self.lock:
             self.samples.append(elapsed)
-            self.cond.notify()
+            self.poke()
             _LOGGER.info("three answers due together take %.1f ms; answering %.0f ms ahead of "
                          "the lookahead",
                          elapsed * 1000, self.estimate * 1000)
@@ -589,7 +584,7 @@ class Listener:
         if session is None or not session.listening:
             raise LiveError("not listening; send /mvae/listen 1 first")
         session.requested = self._first_line(session, self.steps_per_bar, self.clock())
-        self.cond.notify()
+        self.poke()
 
     def _require_attributes(self) -> None:
         if not self.attributes:
