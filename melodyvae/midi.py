@@ -150,20 +150,6 @@ def melody_from_pretty_midi(
     return melody, info
 
 
-def melody_to_pretty_midi(melody: Melody, program: int = 0) -> pretty_midi.PrettyMIDI:
-    """A one-instrument MIDI file of ``melody`` at its tempo and meter."""
-    pm = pretty_midi.PrettyMIDI(initial_tempo=melody.qpm)
-    pm.time_signature_changes.append(pretty_midi.TimeSignature(*melody.time_signature, 0.0))
-    instrument = pretty_midi.Instrument(program=program, name="melody")
-    step = melody.seconds_per_step
-    for note in melody.notes:
-        instrument.notes.append(
-            pretty_midi.Note(note.velocity, note.pitch, note.start * step, note.end * step)
-        )
-    pm.instruments.append(instrument)
-    return pm
-
-
 MIDI_TICKS_PER_QUARTER = 480  # resolution of the files melodyvae writes
 
 

@@ -120,5 +120,4 @@ def test_axes_command_writes_sliders_into_a_checkpoint(tmp_path: Path) -> None:
     report = quality.attribute_matrix(vae, z.astype(np.float32), np.linspace(-2, 2, 5))
     assert len(report["matrix"]) == len(axes.ATTRIBUTES)
     check = quality.interpolation_check(vae, tokens, pairs=4, steps=5)
-    assert check["valid_fraction"] == 1.0
     assert check["mean_distance_to_first"][0] == 0.0
