@@ -32,7 +32,8 @@ from melodyvae.midi import MIDI_SUFFIXES
 from melodyvae.presets import CPU_BATCH, DEFAULT_MODEL, GPU_BATCH
 
 __all__ = ["CPU_BATCH", "DEFAULT_MODEL", "GPU_BATCH", "MODELS_DIR", "DeviceError",
-           "MelodyVAE", "ModelNotFoundError", "chunk_seed", "melody_suffixes", "model_info",
+           "InterpolationError", "LatentSizeError", "MelodyVAE", "ModelNotFoundError",
+           "chunk_seed", "melody_suffixes", "model_info",
            "pick_device", "read_melody", "resolve_model", "shipped_models", "slerp", "vary"]
 
 _LOGGER = logging.getLogger(__name__)
