@@ -33,6 +33,8 @@ from melodyvae.melody import (
 
 _LOGGER = logging.getLogger(__name__)
 
+MIDI_SUFFIXES = (".mid", ".midi", ".kar", ".smf")  # Standard MIDI File name endings
+
 
 class MidiError(MelodyVAEError, ValueError):
     """A MIDI file that cannot give a melody."""
@@ -146,20 +148,6 @@ def melody_from_pretty_midi(
     _LOGGER.debug("%s: took track %d of %d, %d notes", name, best_track, len(instruments),
                   len(melody.notes))
     return melody, info
-
-
-def melody_to_pretty_midi(melody: Melody, program: int = 0) -> pretty_midi.PrettyMIDI:
-    """A one-instrument MIDI file of ``melody`` at its tempo and meter."""
-    pm = pretty_midi.PrettyMIDI(initial_tempo=melody.qpm)
-    pm.time_signature_changes.append(pretty_midi.TimeSignature(*melody.time_signature, 0.0))
-    instrument = pretty_midi.Instrument(program=program, name="melody")
-    step = melody.seconds_per_step
-    for note in melody.notes:
-        instrument.notes.append(
-            pretty_midi.Note(note.velocity, note.pitch, note.start * step, note.end * step)
-        )
-    pm.instruments.append(instrument)
-    return pm
 
 
 MIDI_TICKS_PER_QUARTER = 480  # resolution of the files melodyvae writes

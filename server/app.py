@@ -152,11 +152,8 @@ def serve(options: ServeOptions) -> int:
     """Load, warm up, announce, serve until SIGINT/SIGTERM; the exit status (0)."""
     from melodyvae.inference import MelodyVAE, pick_device, resolve_model
 
-    resolve_model(options.model)  # a missing model fails before the socket is taken
-    try:
-        pick_device(options.device)
-    except ValueError as e:
-        raise ServerStartError(str(e)) from e
+    resolve_model(options.model)  # a missing model or device fails before the socket is
+    pick_device(options.device)  # taken
     config = options.config
     if config.reply_host:  # resolved once, not on every send
         config = dataclasses.replace(config, reply_host=resolve_host(config.reply_host))

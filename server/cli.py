@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from melodyvae.argtypes import positive_int, real_number, whole_number
+from melodyvae.presets import DEFAULT_MODEL
 
 _PORT = whole_number(0, 65535, what="a port number")
 _LOOKAHEAD = real_number(0.0, 2000.0, what="a number of milliseconds", unit="ms")
@@ -25,8 +26,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         description="Listen for OSC over UDP and answer with melodies. The address space "
                     "(prefix /mvae) is documented in docs/osc.md. Stops cleanly on "
                     "Ctrl-C or SIGTERM.")
-    p.add_argument("--model", default="hier-4bar", metavar="NAME|PATH",
-                   help="shipped model name or checkpoint file (hier-4bar)")
+    p.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME|PATH",
+                   help=f"shipped model name or checkpoint file ({DEFAULT_MODEL})")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (127.0.0.1; 0.0.0.0 for the network)")
     p.add_argument("--port", type=_PORT, default=9000, help="UDP port (9000; 0 = any free)")

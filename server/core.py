@@ -43,7 +43,7 @@ from melodyvae.server.protocol import (
     error_message,
     parse_packet,
 )
-from melodyvae.server.state import Addr, AxesError, BoundedMap, ClientState, LatentAxes
+from melodyvae.server.state import Addr, AxesError, BoundedMap, ClientState
 
 if TYPE_CHECKING:
     from melodyvae.inference import MelodyVAE
@@ -90,7 +90,7 @@ class ServerCore:
         self._send = send
         self.lock = threading.RLock()  # client state: network, worker and playback threads
         self._send_lock = threading.Lock()
-        self.axes = LatentAxes(vae.z_dim, vae.axes)
+        self.axes = vae.latent_axes
         self.clients: BoundedMap[Addr, ClientState] = BoundedMap(
             self.config.max_clients, self._evicted)
         self.routes: BoundedMap[Addr, int] = BoundedMap(self.config.max_clients * 4)
@@ -127,10 +127,10 @@ class ServerCore:
         self.live.start()
 
     def close(self) -> None:
-        self.live.stop()
+        self.live.close()
         self.player.close()
-        self.files.stop()
-        self.engine.stop()
+        self.files.close()
+        self.engine.close()
 
     # ------------------------------------------------------------ sending
     def send(self, data: bytes, addr: Addr) -> None:
@@ -270,21 +270,20 @@ class ServerCore:
 
     def stats(self) -> dict[str, int]:
         """Counters, in the order ``/mvae/stats`` sends them (see docs/osc.md)."""
-        e = self.engine
-        with e.cond:
-            return {
-                "received": self.received,  # datagrams
-                "requests": e.stats.requests,  # decode requests
-                "decoded": e.stats.decoded,  # melodies made
-                "superseded": e.decodes.superseded,  # requests dropped for a newer one
-                "batches": e.stats.batches,
-                "max_batch": e.stats.max_batch,
-                "max_waiting": e.decodes.max_waiting,  # most decodes waiting at once
-                "clients": len(self.clients),
-                "encoded": e.stats.encoded,
-                "errors": self.errors,  # /mvae/error replies
-                "cancelled": e.stats.cancelled,  # running decodes stopped as stale
-            }
+        e = self.engine.snapshot()
+        return {
+            "received": self.received,  # datagrams
+            "requests": e.requests,  # decode requests
+            "decoded": e.decoded,  # melodies made
+            "superseded": e.superseded,  # requests dropped for a newer one
+            "batches": e.batches,
+            "max_batch": e.max_batch,
+            "max_waiting": e.max_waiting,  # most decodes waiting at once
+            "clients": len(self.clients),
+            "encoded": e.encoded,
+            "errors": self.errors,  # /mvae/error replies
+            "cancelled": e.cancelled,  # running decodes stopped as stale
+        }
 
     def _z(self, client: ClientState, args: Args) -> None:
         z_dim = self.vae.z_dim

@@ -4,7 +4,7 @@ The network thread never runs the model. It puts a job in its client's slot and 
 worker; a newer job replaces an older one still waiting (a slider flood leaves at most one
 pending decode per client; the stale ones are dropped and counted).
 
-On the CPU the worker keeps a rolling batch (:class:`melodyvae.cpu_decode.Rolling`): between
+On the CPU the worker keeps a rolling batch (:class:`melodyvae.decode.Rolling`): between
 two decode steps it takes every waiting job, lets each decode join the batch at its first
 step, and takes out the running decode of a client that has asked for something newer —
 unless that client has heard nothing for :data:`MAX_UNANSWERED_S` because of such stops:
@@ -23,6 +23,7 @@ waiting beside them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -34,10 +35,10 @@ from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 import numpy as np
 import torch
 
-from melodyvae.cpu_decode import MAX_ROWS, blas_threads, numpy_context
+from melodyvae.decode import MAX_ROWS, DecodeCancelled, blas_threads, numpy_context
 from melodyvae.errors import MelodyVAEError
+from melodyvae.inference import vary
 from melodyvae.melody import Melody
-from melodyvae.model import DecodeCancelled
 from melodyvae.server.state import Addr, ClientState
 from melodyvae.server.worker import Worker
 
@@ -70,8 +71,7 @@ class DecodeJob:
         z = self.client.z if self.z is None else self.z
         if self.vary is not None:
             amount, seed = self.vary
-            noise = np.random.default_rng(seed).standard_normal(len(z))
-            z = z + amount * noise
+            z = vary(z, amount, seed)
         return z
 
 
@@ -126,12 +126,16 @@ class LatestWins(Generic[J]):
 
 @dataclass
 class EngineStats:
+    """The engine's counters (a copy of them from :meth:`Engine.snapshot`)."""
+
     requests: int = 0  # decode requests received
     decoded: int = 0  # melodies made
-    batches: int = 0  # decode_tokens calls
-    max_batch: int = 0  # the largest of them
+    batches: int = 0  # decodes started together: rolling-batch joins, or whole batches
+    max_batch: int = 0  # the most decodes running together
     encoded: int = 0  # melodies encoded
     cancelled: int = 0  # decodes stopped part-way because every client had a newer request
+    superseded: int = 0  # decode requests dropped, still waiting, for a newer one
+    max_waiting: int = 0  # the most decode requests waiting at once
 
 
 class Engine(Worker):
@@ -147,12 +151,17 @@ class Engine(Worker):
         self.encodes: LatestWins[EncodeJob] = LatestWins(max_clients)
         self.tasks: LatestWins[Callable[[], None]] = LatestWins(max_clients)
         self.stats = EngineStats()
-        self.on_batch: Callable[[int], None] | None = None  # test hook: batch sizes
         self.clock: Callable[[], float] = time.monotonic
         # Decodes in NumPy on the CPU join a rolling batch (None on a GPU: whole batches)
         self.rolling = vae.rolling()
         self.running: dict[int, DecodeJob] = {}  # id(job) -> job, in the rolling batch
         self.flying: dict[Addr, list[DecodeJob]] = {}  # per client: at most two running
+
+    def snapshot(self) -> EngineStats:
+        """The counters at one moment, safe to read from any thread."""
+        with self.cond:
+            return dataclasses.replace(self.stats, superseded=self.decodes.superseded,
+                                       max_waiting=self.decodes.max_waiting)
 
     # ------------------------------------------------------------ network thread side
     def submit_decode(self, job: DecodeJob) -> None:
@@ -255,8 +264,6 @@ class Engine(Worker):
             self.flying.setdefault(job.client.key, []).append(job)
         self.stats.batches += 1
         self.stats.max_batch = max(self.stats.max_batch, len(self.rolling))
-        if self.on_batch is not None:
-            self.on_batch(len(jobs))
 
     def _leave(self, job: DecodeJob) -> None:
         assert self.rolling is not None
@@ -349,8 +356,6 @@ class Engine(Worker):
             self.stats.batches += 1
             self.stats.decoded += len(batch)
             self.stats.max_batch = max(self.stats.max_batch, len(batch))
-            if self.on_batch is not None:
-                self.on_batch(len(batch))
             for job, melody in zip(batch, melodies, strict=True):
                 self.sink.melody_ready(job, melody)
 

@@ -13,16 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from melodyvae.errors import MelodyVAEError
+from melodyvae.inference import melody_suffixes, read_melody
 from melodyvae.melody import Melody
 from melodyvae.server.engine import LatestWins
 from melodyvae.server.state import ClientState
 from melodyvae.server.worker import Worker
 
 _LOGGER = logging.getLogger(__name__)
-
-MIDI_SUFFIXES = (".mid", ".midi")
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aif", ".aiff")  # what the transcriber reads
-
 
 class FileAccessError(MelodyVAEError):
     """A path the server will not read."""
@@ -42,26 +39,12 @@ def allowed_path(allow_dir: Path | None, name: str) -> Path:
     path = (root / name).resolve()
     if not path.is_relative_to(root):
         raise FileAccessError(f"{name}: outside the allowed folder {root}")
-    if path.suffix.lower() not in MIDI_SUFFIXES + AUDIO_SUFFIXES:
-        raise FileAccessError(f"{name}: not a MIDI (.mid, .midi) or audio "
-                              f"(.wav, .flac, .ogg, .aif, .aiff) file")
+    suffixes = melody_suffixes()
+    if path.suffix.lower() not in suffixes:
+        raise FileAccessError(f"{name}: not a MIDI or audio file ({', '.join(suffixes)})")
     if not path.is_file():
         raise FileAccessError(f"{name}: no such file in {root}")
     return path
-
-
-def read_melody(path: Path) -> Melody:
-    """The melody of a MIDI file, or of an audio file through the transcriber."""
-    if path.suffix.lower() in MIDI_SUFFIXES:
-        from melodyvae.midi import read_midi
-
-        melody, _ = read_midi(path)
-        return melody
-    try:
-        from melodyvae.audio import transcribe
-    except ImportError as e:
-        raise FileAccessError(f"audio encoding is unavailable here ({e})") from e
-    return transcribe(path, qpm=None)
 
 
 @dataclass
@@ -91,7 +74,7 @@ class FileLoader(Worker):
             jobs = self.jobs.take()
         for job in jobs:
             try:
-                melody = read_melody(job.path)
+                melody, _ = read_melody(job.path)
             except MelodyVAEError as e:
                 self.fail(job.client, job.address, str(e))
                 continue

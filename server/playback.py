@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from melodyvae.melody import STEPS_PER_QUARTER, Melody, Note
 from melodyvae.server.protocol import PREFIX, encode_bundle, encode_message
 from melodyvae.server.state import Addr
+from melodyvae.server.worker import Worker
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -75,8 +76,11 @@ class Track:
         self.starts = {note.start: note for note in melody.notes}
 
 
-class Player:
-    """The scheduler for every playing client (bounded by the client table)."""
+class Player(Worker):
+    """The scheduler for every playing client (bounded by the client table), on its own
+    thread."""
+
+    thread_name = "mvae-playback"
 
     def __init__(self, send: Callable[[bytes, Addr], None],
                  clock: Callable[[], float] = time.time) -> None:
@@ -84,9 +88,7 @@ class Player:
         self.clock = clock  # Unix seconds; timetags are absolute times
         self.tracks: dict[Addr, Track] = {}
         self.lock = threading.Lock()
-        self._wake = threading.Event()
-        self._closed = False
-        self._thread: threading.Thread | None = None
+        super().__init__(threading.Condition(self.lock))
 
     # ------------------------------------------------------------ control (any thread)
     def play(self, key: Addr, qpm: float, lookahead: float, melody: Melody | None) -> None:
@@ -98,7 +100,7 @@ class Player:
             if melody is not None:
                 track.begin(melody, self.clock())
             self.tracks[key] = track
-        self._wake.set()
+        self._poke()
 
     def offer(self, key: Addr, melody: Melody) -> None:
         """A new melody for a playing client: it takes over at the next bar line.
@@ -113,7 +115,7 @@ class Player:
                 track.begin(melody, self.clock())
             else:
                 track.pending = melody
-        self._wake.set()
+        self._poke()
 
     def stop(self, key: Addr) -> bool:
         """Stop a client's loop; a sounding note is released after what was scheduled."""
@@ -189,7 +191,7 @@ class Player:
             track._use(melody)
             self._schedule_step(track, [*prefix, *head], cut=True)
             sent = self.clock()
-        self._wake.set()
+        self._poke()
         return sent
 
     # ------------------------------------------------------------ scheduling
@@ -263,28 +265,21 @@ class Player:
             _LOGGER.warning("playback to %s failed: %s", key, e)
 
     # ------------------------------------------------------------ thread
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="mvae-playback", daemon=True)
-        self._thread.start()
+    def wait_seconds(self) -> float | None:
+        """A scheduler pass a quarter step apart while anything plays (``cond`` held)."""
+        if not self.tracks:
+            return None
+        shortest = min(t.seconds_per_step for t in self.tracks.values())
+        return min(MAX_WAKE, max(MIN_WAKE, shortest / 4))
+
+    def run_pending(self) -> int:
+        return self.tick()
+
+    def _poke(self) -> None:
+        with self.cond:
+            self.poke()
 
     def close(self, timeout: float = 2.0) -> None:
         for key in list(self.tracks):
             self.stop(key)
-        self._closed = True
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _loop(self) -> None:
-        while not self._closed:
-            wait: float | None = None
-            try:
-                self.tick()
-            except Exception:  # a bug here must not end playback for everyone
-                _LOGGER.exception("playback scheduling failed")
-            with self.lock:
-                if self.tracks:
-                    shortest = min(t.seconds_per_step for t in self.tracks.values())
-                    wait = min(MAX_WAKE, max(MIN_WAKE, shortest / 4))
-            self._wake.wait(wait)
-            self._wake.clear()
+        super().close(timeout)

@@ -13,6 +13,7 @@ from conftest import make_checkpoint, random_tokens
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from melodyvae import decode
 from melodyvae.checkpoint import (
     FORMAT_VERSION,
     METADATA_KEY,
@@ -32,8 +33,9 @@ def _decode_all(model: VAE, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, 
     """Greedy tokens, seeded sampled tokens and posterior means for a fixed input."""
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(3, model.cfg.z_dim, generator=gen) * 2
-    greedy = model.sample(z, temperature=0.0)
-    sampled = model.sample(z, temperature=1.0, generator=torch.Generator().manual_seed(1))
+    greedy = decode.sample(model, z, temperature=0.0)
+    sampled = decode.sample(model, z, temperature=1.0,
+                            generator=torch.Generator().manual_seed(1))
     x = torch.as_tensor(random_tokens(2, model.cfg.steps, seed=seed))
     with torch.no_grad():
         mu, _ = model.encode(x)
@@ -59,7 +61,7 @@ def test_save_load_decode(name: str, tmp_path: Path) -> None:
     # and through the inference facade
     vae = MelodyVAE.load(path, device="cpu")
     z = np.random.default_rng(0).standard_normal((2, preset.model.z_dim)).astype(np.float32)
-    assert torch.equal(vae.decode_tokens(z), model.sample(torch.as_tensor(z)))
+    assert torch.equal(vae.decode_tokens(z), decode.sample(model, torch.as_tensor(z)))
     assert vae.bars == preset.model.bars and vae.z_dim == preset.model.z_dim
 
 
@@ -81,7 +83,7 @@ def test_half_storage_loads_and_decodes(name: str, tmp_path: Path) -> None:
         assert loaded.dtype == torch.float32
         torch.testing.assert_close(loaded, value, atol=2e-3, rtol=1e-3)
     z = torch.randn(2, preset.model.z_dim, generator=torch.Generator().manual_seed(0))
-    tokens = ckpt.model.sample(z)
+    tokens = decode.sample(ckpt.model, z)
     assert tokens.shape == (2, preset.model.steps)
     assert tokens.min() >= 0 and tokens.max() < preset.model.vocab_size
 

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from melodyvae import decode
 from melodyvae.melody import to_tokens
 from melodyvae.model import VAE, kl_divergence, reconstruction_nll
 from melodyvae.training.corpus import (
@@ -55,7 +56,7 @@ def evaluate_tokens(model: VAE, tokens: np.ndarray | torch.Tensor, batch_size: i
         nll_total += float(reconstruction_nll(logits, x).sum())
         kl_total += float(kl_divergence(mu, logvar).sum())
         if sampled:
-            sampled_correct += int((model.sample(mu) == x).sum())
+            sampled_correct += int((decode.sample(model, mu) == x).sum())
         mus.append(mu.float().cpu())
     mu_all = torch.cat(mus)
     variance = mu_all.var(dim=0, unbiased=False) if n > 1 else torch.zeros(mu_all.shape[1])
