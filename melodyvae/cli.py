@@ -77,7 +77,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         init_from=resolve_model(args.init_from) if args.init_from else None,
         threads=args.threads, seed=args.seed, max_steps=args.max_steps,
         max_minutes=args.max_minutes, checkpoint_every=args.checkpoint_every,
-        eval_every=args.eval_every, progress=not args.no_progress,
+        eval_every=args.eval_every, progress=not args.no_progress, bf16=args.bf16,
     )
     path = train(preset, options)
     print(f"model written to {path}")
@@ -216,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=positive_int, default=200)
     p.add_argument("--eval-every", type=positive_int, default=200)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default: on CUDA and on CPUs with native bf16)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="reconstruction accuracy, NLL, KL, active units",
