@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from melodyvae.errors import MelodyVAEError
 from melodyvae.server.core import ServerConfig, ServerCore
+from melodyvae.server.guard import is_loopback
 from melodyvae.server.state import Addr
 
 if TYPE_CHECKING:
@@ -32,6 +35,11 @@ _LOGGER = logging.getLogger(__name__)
 MAX_DATAGRAM = 65_535
 RECEIVE_BUFFER = 1 << 20  # bytes of kernel buffer for bursts of slider messages
 POLL = 0.2  # seconds between checks of the stop flag while the socket is idle
+# Linux reports ICMP errors of an unconnected UDP socket only with IP_RECVERR: then a
+# "port unreachable" names the destination that refused (in the socket's error queue).
+_RECVERR = {socket.AF_INET: (socket.IPPROTO_IP, getattr(socket, "IP_RECVERR", 11)),
+            socket.AF_INET6: (socket.IPPROTO_IPV6, getattr(socket, "IPV6_RECVERR", 25))}
+MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
 
 
 class ServerStartError(MelodyVAEError):
@@ -44,6 +52,8 @@ def bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        if sys.platform.startswith("linux"):
+            sock.setsockopt(*_RECVERR[family], 1)
         sock.bind((host, port))
     except OSError as e:
         sock.close()
@@ -62,11 +72,34 @@ class OscServer:
         self.host = host
         self.port: int = self.sock.getsockname()[1]
         self.core = ServerCore(vae, self._sendto, config)
+        self.core.guard.own = (str(self.sock.getsockname()[0]), self.port)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _sendto(self, data: bytes, addr: Addr) -> None:
-        self.sock.sendto(data, addr)
+        try:
+            self.sock.sendto(data, addr)
+        except ConnectionRefusedError:
+            # An earlier datagram's "port unreachable", reported on this send (which did
+            # not go out): learn who refused, then send this one.
+            self._read_refusals()
+            self.sock.sendto(data, addr)
+
+    def _read_refusals(self) -> None:
+        """Drain the socket's error queue; every destination that answered "port
+        unreachable" has its stream ended."""
+        refused: list[Addr] = []
+        while True:
+            try:
+                _, ancillary, _, addr = self.sock.recvmsg(
+                    1, 512, MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+            except OSError:  # the queue is empty (or the socket closed)
+                break
+            for _, _, cdata in ancillary:
+                if len(cdata) >= 4 and struct.unpack_from("=I", cdata)[0] == errno.ECONNREFUSED:
+                    refused.append((str(addr[0]), int(addr[1])))
+        for dest in dict.fromkeys(refused):
+            self.core.unreachable(dest)
 
     def start(self) -> OscServer:
         """Start the worker, playback, file and network threads; returns self."""
@@ -81,7 +114,10 @@ class OscServer:
                 data, sender = self.sock.recvfrom(MAX_DATAGRAM)
             except TimeoutError:
                 continue
-            except OSError as e:  # e.g. an ICMP "port unreachable" surfacing on some OSes
+            except ConnectionRefusedError:  # a destination's "port unreachable"
+                self._read_refusals()
+                continue
+            except OSError as e:
                 if self._stop.is_set():
                     return
                 _LOGGER.debug("receive failed: %s", e)
@@ -161,6 +197,12 @@ def serve(options: ServeOptions) -> int:
     if config.reply_host:  # resolved once, not on every send
         config = dataclasses.replace(config, reply_host=resolve_host(config.reply_host))
     sock = bind(options.host, options.port)
+    port = sock.getsockname()[1]
+    if config.reply_port == port and (config.reply_host is None
+                                      or is_loopback(config.reply_host)):
+        sock.close()
+        raise ServerStartError(f"--reply-port {port} is the port the server listens on; "
+                               "its replies would come back to it")
     try:
         set_threads(options.threads)
         vae = MelodyVAE.load(options.model, device=options.device)
@@ -186,6 +228,12 @@ def serve(options: ServeOptions) -> int:
         print(f"melodyvae: listening on {server.host}:{server.port} (model {vae.name}, "
               f"{vae.bars} bars, latent {vae.z_dim}, device {vae.device.type}{reply})",
               flush=True)
+        if not is_loopback(server.host):
+            nets = ", ".join(str(n) for n in config.allow_from) or "none"
+            print(f"melodyvae: warning: listening beyond loopback on {server.host}; datagrams "
+                  f"are read only from loopback and --allow-from networks ({nets}), and an "
+                  "address there gets melodies only once it has echoed /mvae/verify "
+                  "(docs/osc.md, Safety)", file=sys.stderr, flush=True)
         while not stop.wait(0.5):
             pass
         print("melodyvae: stopping", file=sys.stderr, flush=True)

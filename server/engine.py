@@ -153,6 +153,7 @@ class Engine(Worker):
         self.rolling = vae.rolling()
         self.running: dict[int, DecodeJob] = {}  # id(job) -> job, in the rolling batch
         self.flying: dict[Addr, list[DecodeJob]] = {}  # per client: at most two running
+        self.evicted: list[ClientState] = []  # forgotten clients whose decodes must leave
 
     # ------------------------------------------------------------ network thread side
     def submit_decode(self, job: DecodeJob) -> None:
@@ -173,18 +174,22 @@ class Engine(Worker):
             self.tasks.put(key, task)
             self.cond.notify()
 
-    def forget(self, key: Addr) -> None:
-        """Drop a client's waiting jobs (it was evicted)."""
+    def forget(self, key: Addr, client: ClientState | None = None) -> None:
+        """Drop a client's waiting jobs (it was evicted) and, with ``client``, stop its
+        running decodes at the next step: nobody is left to hear them."""
         with self.cond:
             self.decodes.jobs.pop(key, None)
             self.encodes.jobs.pop(key, None)
             self.tasks.jobs.pop(key, None)
+            if client is not None:
+                self.evicted.append(client)
+                self.cond.notify()
 
     # ------------------------------------------------------------ worker side
     thread_name = "mvae-engine"
 
     def _waiting(self) -> bool:
-        return bool(self.decodes.jobs or self.encodes.jobs or self.tasks.jobs)
+        return bool(self.decodes.jobs or self.encodes.jobs or self.tasks.jobs or self.evicted)
 
     def has_work(self) -> bool:
         return self._waiting() or bool(self.running)
@@ -208,6 +213,14 @@ class Engine(Worker):
             tasks = self.tasks.take()
             encodes = self.encodes.take()
             decodes = self.decodes.take()
+            evicted, self.evicted = self.evicted, []
+        if evicted:
+            gone = {id(client) for client in evicted}
+            decodes = [job for job in decodes if id(job.client) not in gone]
+            encodes = [job for job in encodes if id(job.client) not in gone]
+            for job in [j for j in self.running.values() if id(j.client) in gone]:
+                self._leave(job)
+                self.stats.cancelled += 1
         for task in tasks:
             try:
                 task()
@@ -317,7 +330,6 @@ class Engine(Worker):
                 groups.setdefault(key, []).append((job, job.latent()))
         for (temperature, seed), items in groups.items():
             batch = [job for job, _ in items]
-            keys = [job.client.key for job in batch]
             # Stop this decode once every client of the batch has asked for something newer,
             # unless one of them has waited too long already: a flood then still hears
             # melodies instead of none.
@@ -326,8 +338,10 @@ class Engine(Worker):
                               or now - job.client.unanswered_since < MAX_UNANSWERED_S
                               for job in batch)
 
-            def stale(keys: list[Addr] = keys, cancellable: bool = cancellable) -> bool:
-                return cancellable and all(key in self.decodes.jobs for key in keys)
+            def stale(batch: list[DecodeJob] = batch, cancellable: bool = cancellable) -> bool:
+                gone = {id(client) for client in self.evicted}  # forgotten meanwhile
+                return cancellable and all(job.client.key in self.decodes.jobs
+                                           or id(job.client) in gone for job in batch)
 
             try:
                 z = np.stack([z for _, z in items]).astype(np.float32)  # (B, Z)

@@ -115,7 +115,7 @@ def test_ping_status_and_stats(vae: MelodyVAE) -> None:
     assert wire.one("/mvae/status") == ("tiny", 4, Z_DIM, "cpu", 16, 0)
     wire.send("/mvae/stats")
     stats = wire.one("/mvae/stats")
-    assert len(stats) == 11 and stats[0] == 4  # four datagrams received
+    assert len(stats) == 19 and stats[0] == 4  # four datagrams received
 
 
 def test_z_answers_with_the_melody_of_that_vector(vae: MelodyVAE) -> None:
