@@ -8,10 +8,12 @@ SIGTERM.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import errno
 import logging
+import select
 import signal
 import socket
 import struct
@@ -40,6 +42,7 @@ POLL = 0.2  # seconds between checks of the stop flag while the socket is idle
 _RECVERR = {socket.AF_INET: (socket.IPPROTO_IP, getattr(socket, "IP_RECVERR", 11)),
             socket.AF_INET6: (socket.IPPROTO_IPV6, getattr(socket, "IPV6_RECVERR", 25))}
 MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
+MAX_ERRORS_READ = 64  # error-queue entries read at once
 
 
 class ServerStartError(MelodyVAEError):
@@ -75,6 +78,7 @@ class OscServer:
         self.core.guard.own = (str(self.sock.getsockname()[0]), self.port)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._refused: collections.deque[Addr] = collections.deque(maxlen=1024)
 
     def _sendto(self, data: bytes, addr: Addr) -> None:
         try:
@@ -86,20 +90,28 @@ class OscServer:
             self.sock.sendto(data, addr)
 
     def _read_refusals(self) -> None:
-        """Drain the socket's error queue; every destination that answered "port
-        unreachable" has its stream ended."""
-        refused: list[Addr] = []
-        while True:
+        """Drain the socket's error queue into the destinations that answered "port
+        unreachable" (any thread; the network thread ends their streams: a sender may be
+        holding the playback lock)."""
+        refused = self._refused
+        poller = select.poll()
+        poller.register(self.sock, select.POLLERR)
+        for _ in range(MAX_ERRORS_READ):  # errors keep coming while a stream plays on
+            if not poller.poll(0):  # the queue is empty (a timeout socket would wait)
+                break
             try:
-                _, ancillary, _, addr = self.sock.recvmsg(
-                    1, 512, MSG_ERRQUEUE | socket.MSG_DONTWAIT)
-            except OSError:  # the queue is empty (or the socket closed)
+                _, ancillary, _, addr = self.sock.recvmsg(1, 512, MSG_ERRQUEUE)
+            except OSError:
                 break
             for _, _, cdata in ancillary:
                 if len(cdata) >= 4 and struct.unpack_from("=I", cdata)[0] == errno.ECONNREFUSED:
                     refused.append((str(addr[0]), int(addr[1])))
-        for dest in dict.fromkeys(refused):
-            self.core.unreachable(dest)
+
+    def _end_refused(self) -> None:
+        while self._refused:
+            dest = self._refused.popleft()
+            if dest not in self._refused:  # one ICMP error per datagram sent: once is enough
+                self.core.unreachable(dest)
 
     def start(self) -> OscServer:
         """Start the worker, playback, file and network threads; returns self."""
@@ -110,6 +122,7 @@ class OscServer:
 
     def _serve(self) -> None:
         while not self._stop.is_set():
+            self._end_refused()
             try:
                 data, sender = self.sock.recvfrom(MAX_DATAGRAM)
             except TimeoutError:
