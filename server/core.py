@@ -33,6 +33,7 @@ import numpy as np
 
 from melodyvae.errors import MelodyVAEError
 from melodyvae.melody import Melody, from_note_list
+from melodyvae.server.clients import ClientTable
 from melodyvae.server.engine import DecodeJob, EncodeJob, Engine
 from melodyvae.server.files import FileJob, FileLoader, allowed_path
 from melodyvae.server.guard import (
@@ -109,7 +110,7 @@ class ServerCore:
         self.guard = Guard(self.config.allow_from, self.config.reply_rate, self.config.lease,
                            self.config.max_clients * 4, self.config.reply_host)
         self.axes = LatentAxes(vae.z_dim, vae.axes)
-        self.clients: BoundedMap[Addr, ClientState] = BoundedMap(
+        self.clients: ClientTable[Addr, ClientState] = ClientTable(
             self.config.max_clients, self._evicted)
         self.routes: BoundedMap[Addr, int] = BoundedMap(self.config.max_clients * 4)
         self.engine = Engine(vae, self, self.lock, self.config.max_clients)
@@ -319,7 +320,7 @@ class ServerCore:
             client, address,
             client.temperature if temperature is None else temperature,
             client.seed if seed is None else seed,
-            vary=vary,
+            vary=vary, newcomer=self.clients.newcomer(client.key),
         ))
 
     def _fresh_seed(self) -> int:

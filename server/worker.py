@@ -26,6 +26,11 @@ class Worker:
     def run_pending(self) -> int:
         raise NotImplementedError
 
+    def wait_timeout(self) -> float | None:
+        """Seconds to sleep without news before asking :meth:`has_work` again (called with
+        ``cond`` held; None: until notified)."""
+        return None
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name=self.thread_name, daemon=True)
         self._thread.start()
@@ -41,7 +46,7 @@ class Worker:
         while True:
             with self.cond:
                 while not (self._stopping or self.has_work()):
-                    self.cond.wait()
+                    self.cond.wait(self.wait_timeout())
                 if self._stopping:
                     return
             try:

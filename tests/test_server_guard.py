@@ -25,6 +25,7 @@ from pythonosc.osc_bundle_builder import OscBundleBuilder
 from pythonosc.osc_message_builder import OscMessageBuilder
 from test_server_core import CLIENT, Wire, admit_and_step, axes_doc
 
+from melodyvae.cpu_decode import numpy_context
 from melodyvae.inference import MelodyVAE
 from melodyvae.server.app import OscServer
 from melodyvae.server.core import MAX_Z
@@ -283,9 +284,41 @@ def test_evicted_clients_decodes_leave_the_batch(vae: MelodyVAE) -> None:
     wire.send("/mvae/z", 3.0, sender=third)  # the first client is forgotten
     admit_and_step(wire)
     assert engine.stats.cancelled == 1
-    assert len(engine.rolling) == 2
+    assert len(engine.rolling) == 1  # the second; the third, a newcomer, waits behind it
+    assert list(engine.held) == [third]
     melodies = wire.melodies()
-    assert sorted(m["to"] for m in melodies) == [second, third]
+    assert [m["to"] for m in melodies] == [second, third]
+
+
+def test_while_newcomers_crowd_the_table_settled_clients_go_first(
+        vae: MelodyVAE, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flood of new source ports: the client that was there first (settled) has its
+    decodes run alone; the newcomers' wait, and go when forgotten."""
+    import melodyvae.server.clients as clients
+
+    now = [0.0]
+    wire = Wire(vae, max_clients=8)
+    core, engine = wire.core, wire.core.engine
+    core.clients.clock = lambda: now[0]
+    monkeypatch.setattr(clients, "SETTLE_S", 0.5)
+    wire.send("/mvae/ping")
+    now[0] = 1.0
+    wire.send("/mvae/ping")  # heard again half a second later: settled
+    wire.replies()
+    flood = [("127.0.0.1", 40000 + i) for i in range(40)]
+    for sender in flood:
+        wire.send("/mvae/z", 0.5, sender=sender)
+    wire.send("/mvae/z", 1.0)  # the settled client asks
+    assert core.client(CLIENT) is not None
+    assert len(core.clients) == 8 and CLIENT in [c.key for c in core.clients.values()]
+    batches: list[int] = []
+    engine.on_batch = batches.append
+    with numpy_context():
+        engine._take_and_run()
+    assert len(engine.rolling) == 1  # the settled client's decode runs alone
+    assert [job.client.key for job in engine.running.values()] == [CLIENT]
+    assert len(engine.held) == 7  # the newcomers still remembered wait
+    assert engine.stats.decoded == 0
 
 
 # ------------------------------------------------------------------ with real sockets
