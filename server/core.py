@@ -115,7 +115,8 @@ class ServerCore:
         self.routes: BoundedMap[Addr, int] = BoundedMap(self.config.max_clients * 4)
         self.engine = Engine(vae, self, self.lock, self.config.max_clients)
         self.player = Player(self.send, clock, self.config.lease, self._expired)
-        self.files = FileLoader(self._file_read, self.failed, self.config.max_clients)
+        self.files = FileLoader(self._file_read, self.failed, self.config.max_clients,
+                                self.config.allow_dir)
         self.melody_ids = itertools.count(1)
         self.live = Listener(vae, self.player, self.engine, self.lock, self.axes.attributes,
                              self.send, self.error, lambda: next(self.melody_ids), clock)

@@ -64,7 +64,7 @@ class Wire:
     def replies(self, run: bool = True) -> list[tuple[str, tuple[Any, ...], tuple[str, int]]]:
         """Everything sent since the last call: (address, args, destination)."""
         if run:
-            self.core.files.run_pending()
+            assert self.core.files.wait_idle()
             self.core.engine.run_pending()
         out = []
         for data, addr in self.sent:

@@ -234,7 +234,7 @@ def test_fuzz_extreme_numbers_and_strings_on_every_address(
             wire.send(address, *[v for v, _ in args], types="".join(t for _, t in args))
         for probe in ("/mvae/z/get", "/mvae/status", "/mvae/play", "/mvae/vary"):
             wire.send(probe, *([0.3] if probe == "/mvae/vary" else []))  # state stays sound
-        core.files.run_pending()
+        assert core.files.wait_idle()
         core.engine.run_pending()
         core.live.run_due(time.time() + 30)
         core.engine.run_pending()
@@ -399,3 +399,39 @@ def test_a_destination_that_refuses_stops_its_stream_within_a_second(vae: Melody
             other.settimeout(5)
             other.sendto(datagram("/mvae/ping", 3), target)
             assert b"/mvae/pong" in other.recv(1024)
+
+
+# ------------------------------------------------------------------ files
+
+
+def test_files_are_checked_once_opened(vae: MelodyVAE, tmp_path: Path) -> None:
+    """A FIFO, a link (even one pointing inside), a 1 GB WAV and an oversized MIDI file in
+    the allowed folder are refused at once, and reading goes on for everyone."""
+    from conftest import scale_melody
+
+    from melodyvae.midi import write_midi
+
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    write_midi(scale_melody(), allowed / "scale.mid")
+    os.mkfifo(allowed / "pipe.mid")
+    (allowed / "again.mid").symlink_to(allowed / "scale.mid")
+    with open(allowed / "huge.wav", "wb") as f:
+        f.write(b"RIFF" + (36 + (1 << 30)).to_bytes(4, "little") + b"WAVEfmt "
+                + struct.pack("<IHHIIHH", 16, 1, 2, 44_100, 44_100 * 4, 4, 16)
+                + b"data" + (1 << 30).to_bytes(4, "little"))
+        f.truncate(44 + (1 << 30))
+    with open(allowed / "big.mid", "wb") as f:
+        f.write(b"MThd")
+        f.truncate(50 << 20)
+    wire = Wire(vae, allow_dir=allowed)
+    started = time.monotonic()
+    for name, reason in [("pipe.mid", "not a regular file"),
+                         ("again.mid", "links are not followed"),
+                         ("huge.wav", "s of audio, the limit is 60 s"),
+                         ("big.mid", "the limit is 1,048,576")]:
+        wire.send("/mvae/encode/file", name, sender=("127.0.0.1", 52000))
+        assert reason in wire.error(), name
+    assert time.monotonic() - started < 5.0
+    wire.send("/mvae/encode/file", "scale.mid")
+    assert [r[0] for r in wire.replies()] == ["/mvae/z"]
