@@ -222,7 +222,7 @@ class ServerCore:
                 if item.address == VERIFY_ADDRESS:  # never answered: two servers that
                     args = Args(item)  # challenge each other would loop
                     args.count(1)
-                    if self.guard.verify(dest, args.integer(0, "cookie", 0, 2**31 - 1)):
+                    if self.guard.verify(dest, args.integer(0, "cookie", 0, 2**24 - 1)):
                         _LOGGER.info("verified %s:%s", dest[0], dest[1])
                     return
             except MelodyVAEError:

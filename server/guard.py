@@ -14,7 +14,9 @@ The server must not be turned against itself or anyone else (see docs/osc.md, "S
   gets only ``/mvae/verify i cookie`` — never larger than the request that caused it —
   and nothing of the request is done; once the client echoes ``/mvae/verify i cookie``,
   its address is verified for as long as it keeps talking (the lease). The cookie is a
-  keyed hash of the address and the time, so nothing is stored for unverified sources.
+  keyed hash of the address and the time, so nothing is stored for unverified sources; it
+  has 24 bits, so Pure Data (whose numbers are float32) can echo it exactly, and wrong
+  guesses are limited to :data:`MAX_WRONG_COOKIES` a second for the whole server.
   The host named by ``--reply-host`` is trusted: the operator chose it.
 * **A byte cap per destination.** Replies to one address are capped at
   ``reply_rate`` bytes per second (a token bucket one second deep); what exceeds it is
@@ -48,6 +50,8 @@ REPLY_ONLY = frozenset(f"{PREFIX}/{name}" for name in (
 COOKIE_PERIOD_S = 600.0  # a cookie stays valid for one to two periods
 DEFAULT_REPLY_RATE = 512 * 1024  # bytes per second to one destination
 DEFAULT_LEASE_S = 600.0  # seconds a stream plays, and a verified address stays so, unheard
+COOKIE_BITS = 24  # exact in a float32
+MAX_WRONG_COOKIES = 50.0  # wrong /mvae/verify cookies taken per second (then none is)
 
 
 def host_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -145,6 +149,7 @@ class Guard:
         self._lock = threading.Lock()
         self._buckets: BoundedMap[Addr, _Bucket] = BoundedMap(max_destinations)
         self._verified: BoundedMap[Addr, float] = BoundedMap(max_destinations)  # last heard
+        self._guesses = _Bucket(MAX_WRONG_COOKIES, clock())  # wrong cookies allowed
 
     # ------------------------------------------------------------ who
     def is_own(self, addr: Addr) -> bool:
@@ -183,20 +188,30 @@ class Guard:
 
     # ------------------------------------------------------------ cookies
     def cookie(self, dest: Addr, period: int | None = None) -> int:
-        """The cookie for ``dest`` now (or in ``period``): 31 bits of an HMAC."""
+        """The cookie for ``dest`` now (or in ``period``): COOKIE_BITS bits of an HMAC."""
         if period is None:
             period = int(time.time() // COOKIE_PERIOD_S)
         text = f"{dest[0]}|{dest[1]}|{period}".encode()
         digest = hmac.new(self._secret, text, hashlib.sha256).digest()
-        return int(struct.unpack(">I", digest[:4])[0] & 0x7FFFFFFF)
+        return int(struct.unpack(">I", digest[:4])[0] >> (32 - COOKIE_BITS))
 
     def verify(self, dest: Addr, cookie: int) -> bool:
         """Take a cookie echoed for ``dest``; True (and ``dest`` verified) when it is the
-        cookie of this period or the last."""
+        cookie of this period or the last, and wrong guesses have not used up their rate."""
+        now = self.clock()
+        with self._lock:
+            bucket = self._guesses
+            bucket.tokens = min(MAX_WRONG_COOKIES,
+                                bucket.tokens + max(0.0, now - bucket.at) * MAX_WRONG_COOKIES)
+            bucket.at = now
+            if bucket.tokens < 1.0:
+                return False
         period = int(time.time() // COOKIE_PERIOD_S)
         if not any(hmac.compare_digest(cookie.to_bytes(4, "big"),
                                        self.cookie(dest, p).to_bytes(4, "big"))
                    for p in (period, period - 1)):
+            with self._lock:
+                self._guesses.tokens -= 1.0
             return False
         with self._lock:
             self._verified.put(dest, self.clock())
@@ -221,7 +236,7 @@ class Guard:
                 bucket = _Bucket(float(self.reply_rate), now)
                 self._buckets.put(dest, bucket)
             bucket.tokens = min(float(self.reply_rate),
-                                bucket.tokens + (now - bucket.at) * self.reply_rate)
+                                bucket.tokens + max(0.0, now - bucket.at) * self.reply_rate)
             bucket.at = now
             if bucket.tokens < nbytes:
                 self.stats.throttled += 1

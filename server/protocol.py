@@ -224,12 +224,12 @@ class Args:
         value = float(value)
         if not math.isfinite(value):
             raise self.error(f"{name} (argument {i + 1}) must be finite, not {value}")
-        if abs(value) > MAX_FLOAT32:
-            raise self.error(f"{name} (argument {i + 1}) must be finite in float32 "
-                             f"(|x| <= {MAX_FLOAT32:.4g}), not {value:g}")
         if (low is not None and value < low) or (high is not None and value > high):
             raise self.error(f"{name} (argument {i + 1}) must lie in "
                              f"{_fmt(low)}..{_fmt(high)}, not {_fmt(value)}")
+        if abs(value) > MAX_FLOAT32:
+            raise self.error(f"{name} (argument {i + 1}) must be finite in float32 "
+                             f"(|x| <= {MAX_FLOAT32:.4g}), not {value:g}")
         return value
 
     def vector(self, name: str, bound: float) -> np.ndarray:

@@ -127,7 +127,8 @@ def test_an_unverified_address_gets_a_cookie_no_larger_than_its_request(
     wire.send("/mvae/ping", sender=REMOTE)
     assert wire.replies() == []
 
-    wire.send("/mvae/verify", cookie, sender=REMOTE)  # echoed: verified
+    assert float(np.float32(cookie)) == cookie  # Pd can echo it as a float32
+    wire.send("/mvae/verify", float(cookie), types="f", sender=REMOTE)  # echoed: verified
     assert wire.replies() == []
     wire.send("/mvae/ping", sender=REMOTE)
     assert wire.replies() == [("/mvae/pong", (), REMOTE)]
@@ -147,6 +148,23 @@ def test_a_route_set_before_verification_gets_the_cookie(vae: MelodyVAE) -> None
     wire.send("/mvae/verify", got[0][1][0], sender=REMOTE)
     wire.send("/mvae/ping", sender=REMOTE)
     assert wire.replies() == [("/mvae/pong", (), ("10.1.2.3", 9001))]
+
+
+def test_guessing_cookies_is_rate_limited(vae: MelodyVAE) -> None:
+    wire = guarded(vae, allow_from=(LAN,))
+    guard = wire.core.guard
+    guard.clock = lambda: 50.0  # no refill
+    right = guard.cookie(REMOTE)
+    for guess in range(200):
+        if guess != right:
+            wire.send("/mvae/verify", guess, sender=REMOTE)
+    wire.send("/mvae/verify", right, sender=REMOTE)  # too many wrong ones: not now
+    wire.send("/mvae/ping", sender=REMOTE)
+    assert wire.replies() == []
+    guard.clock = lambda: 52.0  # the guesses' budget refills
+    wire.send("/mvae/verify", right, sender=REMOTE)
+    wire.send("/mvae/ping", sender=REMOTE)
+    assert wire.replies() == [("/mvae/pong", (), REMOTE)]
 
 
 def test_two_servers_challenging_each_other_fall_silent(vae: MelodyVAE) -> None:
