@@ -10,6 +10,16 @@ from melodyvae.presets import DEFAULT_MODEL
 
 _PORT = whole_number(0, 65535, what="a port number")
 _LOOKAHEAD = real_number(0.0, 2000.0, what="a number of milliseconds", unit="ms")
+_LEASE = real_number(1.0, 86400.0, what="a number of seconds", unit="s")
+
+
+def _network(text: str) -> object:
+    from melodyvae.server.guard import parse_network
+
+    try:
+        return parse_network(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _folder(text: str) -> Path:
@@ -45,6 +55,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="playback bundles are sent this long before their time (100)")
     p.add_argument("--max-clients", type=positive_int, default=64, metavar="N",
                    help="clients remembered; the least recently heard is forgotten (64)")
+    p.add_argument("--allow-from", type=_network, action="append", default=[],
+                   metavar="NET", help="read datagrams from this network too (e.g. "
+                   "192.168.1.0/24; repeat for more); loopback always, nothing else by "
+                   "default")
+    p.add_argument("--lease", type=_LEASE, default=600.0, metavar="S",
+                   help="a playing stream ends after this long without a message from its "
+                   "client (600)")
     p.set_defaults(func=cmd_serve)
 
 
@@ -55,7 +72,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = ServerConfig(
         reply_host=args.reply_host, reply_port=args.reply_port or None,
         allow_dir=args.allow_dir, max_clients=args.max_clients,
-        lookahead=args.lookahead / 1000.0,
+        lookahead=args.lookahead / 1000.0, allow_from=tuple(args.allow_from),
+        lease=args.lease,
     )
     return serve(ServeOptions(args.model, args.host, args.port, args.device, args.threads,
                               config))
