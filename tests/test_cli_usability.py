@@ -1,0 +1,106 @@
+"""What a user meets first on the command line: devices this machine lacks, output folders
+already in use, argument checks that agree with each other, and words on what was left out."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_checkpoint, scale_melody
+
+from melodyvae.cli import main
+from melodyvae.midi import write_midi
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("model") / "tiny-hier-4bar.safetensors")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A 4-bar and a 10-bar MIDI file, a latent vector and a corpus."""
+    folder = tmp_path_factory.mktemp("inputs")
+    short, long = folder / "short.mid", folder / "long.mid"
+    write_midi(scale_melody(4), short)
+    write_midi(scale_melody(10), long)
+    z = folder / "z.json"
+    z.write_text("[" + ", ".join(["0.1"] * 8) + "]")
+    corpus = folder / "corpus.npz"
+    assert main(["corpus", "--midi", str(folder), "--out", str(corpus), "--workers", "1"]) == 0
+    return {"short": short, "long": long, "z": z, "corpus": corpus}
+
+
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("melodyvae: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ------------------------------------------------------------------ devices
+
+
+def _missing_device() -> str:
+    """A device name torch knows that this machine does not have."""
+    mps = getattr(torch.backends, "mps", None)
+    if mps is None or not mps.is_available():
+        return "mps"
+    assert not torch.cuda.is_available(), "a machine with both CUDA and MPS"
+    return "cuda"
+
+
+DEVICE_COMMANDS = {
+    "generate": ["generate", "-n", "1", "--out", "{tmp}/g", "--model", "{ckpt}"],
+    "interpolate": ["interpolate", "{short}", "{long}", "--out", "{tmp}/i", "--model",
+                    "{ckpt}"],
+    "vary": ["vary", "{short}", "--out", "{tmp}/v", "--model", "{ckpt}"],
+    "encode": ["encode", "{short}", "--model", "{ckpt}"],
+    "decode": ["decode", "--z-json", "{z}", "--out", "{tmp}/d.mid", "--model", "{ckpt}"],
+    "score": ["score", "{short}", "--model", "{ckpt}"],
+    "evaluate": ["evaluate", "{ckpt}", "{corpus}", "--split", "train"],
+    "axes": ["axes", "{ckpt}", "{corpus}", "--out", "{tmp}/axes.safetensors"],
+    "train": ["train", "--preset", "tiny-hier-4bar", "--data", "{corpus}", "--out",
+              "{tmp}/run", "--no-progress", "--max-steps", "1"],
+    "serve": ["serve", "--model", "{ckpt}", "--port", "0"],
+}
+
+
+@pytest.mark.parametrize("device", [_missing_device(), "abacus"])
+@pytest.mark.parametrize("command", sorted(DEVICE_COMMANDS))
+def test_a_device_this_machine_lacks_is_one_line(command: str, device: str, ckpt: Path,
+                                                 files: dict[str, Path], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    args = [a.format(tmp=tmp_path, ckpt=ckpt, **files) for a in DEVICE_COMMANDS[command]]
+    code, out, err = run([*args, "--device", device], capsys)
+    assert code == 2, err
+    assert device in one_error_line(err)
+    assert not (tmp_path / "run").exists()  # train stopped before it made its run folder
+
+
+def test_a_missing_device_in_a_real_process(files: dict[str, Path], tmp_path: Path) -> None:
+    device = _missing_device()
+    proc = subprocess.run(
+        [sys.executable, "-m", "melodyvae.cli", "train", "--preset", "tiny-hier-4bar",
+         "--data", str(files["corpus"]), "--out", str(tmp_path / "run"), "--no-progress",
+         "--device", device], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert device in one_error_line(proc.stderr)
+
+
+def test_devices_torch_knows_but_melodyvae_does_not_run_on_are_refused() -> None:
+    from melodyvae.inference import DeviceError, pick_device
+
+    for name in ("meta", "cuda:99" if torch.cuda.is_available() else "cuda"):
+        with pytest.raises(DeviceError, match=name):
+            pick_device(name)
