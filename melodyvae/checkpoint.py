@@ -89,11 +89,18 @@ def read_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
             size = int.from_bytes(f.read(8), "little")
-            if size <= 0 or size > min(100_000_000, path.stat().st_size - 8):
-                raise CheckpointError(f"{path}: not a safetensors file (or truncated)")
-            header = json.loads(f.read(size))
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not a safetensors file ({e})") from e
+            fits = 0 < size <= min(100_000_000, path.stat().st_size - 8)
+            raw = f.read(size) if fits else b""
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read it ({e.strerror or e})") from e
+    if not fits:
+        raise CheckpointError(f"{path}: not a model checkpoint (not a safetensors file, or "
+                              "a truncated one)")
+    try:
+        header = json.loads(raw)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: not a model checkpoint (a safetensors header that "
+                              "is not JSON)") from e
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(meta, dict) or METADATA_KEY not in meta:
         raise CheckpointError(f"{path}: a safetensors file, but not a melodyvae checkpoint")

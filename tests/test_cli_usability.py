@@ -104,3 +104,28 @@ def test_devices_torch_knows_but_melodyvae_does_not_run_on_are_refused() -> None
     for name in ("meta", "cuda:99" if torch.cuda.is_available() else "cuda"):
         with pytest.raises(DeviceError, match=name):
             pick_device(name)
+
+
+# ------------------------------------------------------------------ --model
+
+
+@pytest.mark.parametrize("kind", ["midi", "text", "empty", "truncated"])
+def test_a_model_that_is_not_a_checkpoint_is_said_once(kind: str, ckpt: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    fake = tmp_path / "fake.mid"
+    if kind == "midi":
+        write_midi(scale_melody(4), fake)
+    elif kind == "text":
+        fake.write_text("not a model\n" * 20)
+    elif kind == "empty":
+        fake.write_bytes(b"")
+    else:
+        fake.write_bytes(ckpt.read_bytes()[:200])
+    code, _, err = run(["generate", "-n", "1", "--out", str(tmp_path / "g"), "--model",
+                        str(fake)], capsys)
+    assert code == 2
+    line = one_error_line(err)
+    assert line.count("fake.mid") == 1, line
+    assert line.count("safetensors") <= 1, line
+    assert "checkpoint" in line
