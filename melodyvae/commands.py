@@ -53,6 +53,7 @@ SYNTHS = ("auto", "fluidsynth", "builtin")
 
 
 _SEED = whole_number(0, 2**63 - 1)
+_STEPS = whole_number(2)  # an interpolation's two ends
 _NON_NEGATIVE = real_number(0.0)
 _TEMPO = real_number(10.0, 400.0, unit="qpm")
 
@@ -294,8 +295,6 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_interpolate(args: argparse.Namespace) -> int:
     from melodyvae.inference import read_melody
 
-    if args.steps < 2:
-        raise UserError("--steps must be at least 2 (the two ends)")
     _check_files(args.start, args.end)
     out = _check_dir(args.out)
     _check_synth(args)
@@ -322,8 +321,8 @@ def _interpolate_parser(sub: argparse._SubParsersAction) -> None:
                     "first phrase (the model's number of bars) is used.")
     p.add_argument("start", type=Path, metavar="A.mid", help="where the morph starts")
     p.add_argument("end", type=Path, metavar="B.mid", help="where it ends")
-    p.add_argument("--steps", type=positive_int, default=5, metavar="K",
-                   help="melodies to write, both ends included (default 5)")
+    p.add_argument("--steps", type=_STEPS, default=5, metavar="K",
+                   help="melodies to write, both ends included: at least 2 (default 5)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write")
     p.add_argument("--lerp", action="store_true",
                    help="walk a straight line between the two (default: a great-circle arc, "

@@ -129,3 +129,28 @@ def test_a_model_that_is_not_a_checkpoint_is_said_once(kind: str, ckpt: Path, tm
     assert line.count("fake.mid") == 1, line
     assert line.count("safetensors") <= 1, line
     assert "checkpoint" in line
+
+
+# ------------------------------------------------------------------ interpolate --steps
+
+
+def test_interpolate_steps_has_one_check_and_one_message(ckpt: Path, files: dict[str, Path],
+                                                         tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    messages = []
+    for steps in ("-3", "0", "1"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["interpolate", str(files["short"]), str(files["long"]), "--steps", steps,
+                  "--out", str(tmp_path / "i"), "--model", str(ckpt)])
+        assert exit_info.value.code == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        messages.append(last.replace(steps, "K"))
+    assert messages[0] == messages[1] == messages[2], messages
+    assert messages[0] == "melodyvae interpolate: error: argument --steps: K must be at least 2"
+    assert not (tmp_path / "i").exists()
+    code, _, err = run(["interpolate", str(files["short"]), str(files["long"]), "--steps", "2",
+                        "--out", str(tmp_path / "i"), "--model", str(ckpt)], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "i").iterdir()) == ["interp_000.mid",
+                                                                   "interp_001.mid"]
