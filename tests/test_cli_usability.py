@@ -154,3 +154,72 @@ def test_interpolate_steps_has_one_check_and_one_message(ckpt: Path, files: dict
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "i").iterdir()) == ["interp_000.mid",
                                                                    "interp_001.mid"]
+
+
+# ------------------------------------------------------------------ output folders in use
+
+
+def _listing(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_generate_into_a_used_folder_refuses_then_replaces_the_earlier_set(
+        ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "batch"
+    base = ["generate", "--out", str(out), "--model", str(ckpt), "--quiet"]
+    code, _, err = run([*base, "-n", "3", "--seed", "1", "--temperature", "1", "--wav",
+                        "--synth", "builtin", "--png"], capsys)
+    assert code == 0, err
+    (out / "notes.txt").write_text("mine\n")
+    (out / "melody_best.mid").write_bytes(b"kept: not a numbered file of a set")
+    before = _listing(out)
+    assert len(before) == 11  # 3 x (MIDI, WAV, PNG) and the two files of the user's own
+
+    # a second run refuses before it loads anything, and touches nothing
+    code, out_text, err = run([*base, "-n", "2", "--seed", "2"], capsys)
+    assert code == 2 and out_text == ""
+    line = one_error_line(err)
+    assert "9 files" in line and "melody_" in line and "--force" in line
+    assert _listing(out) == before
+
+    # --force replaces the whole earlier set, previews included, and says so
+    code, out_text, err = run([*base, "-n", "2", "--seed", "2", "--temperature", "1",
+                               "--force"], capsys)
+    assert code == 0, err
+    assert "removed 9 files of an earlier set" in out_text
+    after = _listing(out)
+    assert sorted(after) == ["melody_000.mid", "melody_001.mid", "melody_best.mid",
+                             "notes.txt"]
+    assert after["melody_000.mid"] != before["melody_000.mid"]
+    assert after["notes.txt"] == before["notes.txt"]
+
+    # another prefix writes beside them without --force
+    code, out_text, err = run([*base, "-n", "1", "--prefix", "take2_"], capsys)
+    assert code == 0, err
+    assert "removed" not in out_text
+    assert (out / "take2_000.mid").is_file() and len(_listing(out)) == 5
+
+
+@pytest.mark.parametrize("command", [
+    ["vary", "{short}", "-n", "2", "--out", "{out}"],
+    ["interpolate", "{short}", "{long}", "--steps", "2", "--out", "{out}"],
+])
+def test_vary_and_interpolate_keep_the_same_rule(command: list[str], ckpt: Path,
+                                                 files: dict[str, Path], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    args = [a.format(out=tmp_path / "o", **files) for a in command] + ["--model", str(ckpt)]
+    code, _, err = run(args, capsys)
+    assert code == 0, err
+    code, _, err = run(args, capsys)
+    assert code == 2 and "--force" in one_error_line(err)
+    code, out, err = run([*args, "--force"], capsys)
+    assert code == 0, err
+    assert "removed 2 files of an earlier set" in out
+
+
+def test_a_prefix_names_files_not_folders(ckpt: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["generate", "-n", "1", "--out", str(tmp_path / "o"), "--prefix",
+                        "sub/x_", "--model", str(ckpt)], capsys)
+    assert code == 2 and "--prefix" in one_error_line(err)
+    assert not (tmp_path / "o").exists()
