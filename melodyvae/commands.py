@@ -136,10 +136,18 @@ def load_model(args: argparse.Namespace) -> MelodyVAE:
     return MelodyVAE.load(args.model or DEFAULT_MODEL, device=args.device)
 
 
+def _left_out(vae: MelodyVAE, melody: Melody) -> tuple[int, int]:
+    """Bars and notes of a melody past the model's phrase, which the model does not hear."""
+    bars = max(0, melody.n_bars - vae.bars)
+    return bars, sum(1 for note in melody.notes if note.start >= vae.steps)
+
+
 def _phrase_note(vae: MelodyVAE, melody: Melody) -> str:
     """Words on how a melody was fitted to the model's phrase length."""
     if melody.total_steps > vae.steps:
-        return f"used its first {vae.bars} of {melody.n_bars} bars"
+        bars, notes = _left_out(vae, melody)
+        return (f"used its first {vae.bars} of {melody.n_bars} bars; the "
+                f"{_count(bars, 'bar')} after ({_count(notes, 'note')}) left out")
     if melody.total_steps < vae.steps:
         return f"padded {melody.n_bars} bars with rests to {vae.bars}"
     return f"{vae.bars} bars"
@@ -342,10 +350,13 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     removed = _remove_earlier(earlier)
     writer = _write_batch(vae, z, args, seed, out, args.prefix, qpm, "interpolating")
     how = "straight line" if args.lerp else "great circle (slerp)"
+    fitted = "".join(f"; {path.name}: {_phrase_note(vae, melody)}"
+                     for path, melody in ((args.start, a), (args.end, b))
+                     if melody.total_steps != vae.steps)
     print(f"{out}: {writer.summary()} from {args.start.name} to {args.end.name} along a "
           f"{how} in {vae.name}'s latent space"
           + (f" (temperature {args.temperature:g}, seed {seed})" if args.temperature else "")
-          + removed)
+          + fitted + removed)
     return 0
 
 
@@ -424,17 +435,23 @@ def cmd_encode(args: argparse.Namespace) -> int:
     melody, source = read_melody(args.input, args.qpm)
     z = vae.encode(melody)
     doc = {"model": vae.name, "input": str(args.input), "bars": vae.bars,
-           "z": [float(v) for v in z]}
+           "input_bars": melody.n_bars, "z": [float(v) for v in z]}
     text = json.dumps(doc)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
         print(f"{args.out}: {vae.z_dim}-number latent vector of {args.input.name} "
               f"({source}; {_phrase_note(vae, melody)}) in {vae.name}")
-    elif args.json:
+        return 0
+    if args.json:
         print(text)
     else:
         print(" ".join(f"{v:.6f}" for v in z))
+    bars, notes = _left_out(vae, melody)
+    if notes:  # said beside the numbers, so that stdout stays what scripts read
+        print(f"melodyvae: note: {args.input.name}: encoded bars 1-{vae.bars} of "
+              f"{melody.n_bars} ({vae.name}'s phrase); the {_count(bars, 'bar')} after "
+              f"({_count(notes, 'note')}) left out", file=sys.stderr)
     return 0
 
 
@@ -443,7 +460,8 @@ def _encode_parser(sub: argparse._SubParsersAction) -> None:
         "encode", help="print a melody's position in the latent space",
         description="Place a melody (MIDI, or a recording transcribed first) in the model's "
                     "latent space and print the numbers: the mean of what the encoder "
-                    "hears. Only the first phrase (the model's number of bars) is used. "
+                    "hears. Only the first phrase (the model's number of bars) is used; "
+                    "a note on standard error says how many bars past it were left out. "
                     "'melodyvae decode' turns the numbers back into music.")
     p.add_argument("input", type=Path, metavar="IN.mid|IN.wav")
     p.add_argument("--json", action="store_true",

@@ -3,6 +3,7 @@ already in use, argument checks that agree with each other, and words on what wa
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -223,3 +224,40 @@ def test_a_prefix_names_files_not_folders(ckpt: Path, tmp_path: Path,
                         "sub/x_", "--model", str(ckpt)], capsys)
     assert code == 2 and "--prefix" in one_error_line(err)
     assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------ what was left out
+
+
+def test_encode_says_how_many_bars_it_left_out(ckpt: Path, files: dict[str, Path],
+                                               tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["encode", str(files["long"]), "--model", str(ckpt)], capsys)
+    assert code == 0, err
+    assert len(out.splitlines()) == 1 and len(out.split()) == 8  # stdout stays the numbers
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("melodyvae: note: long.mid"), err
+    assert "bars 1-4 of 10" in lines[0] and "6 bars" in lines[0] and "48 notes" in lines[0]
+
+    code, out, err = run(["encode", str(files["long"]), "--json", "--model", str(ckpt)],
+                         capsys)
+    assert code == 0 and "6 bars" in err
+    assert json.loads(out)["input_bars"] == 10
+
+    code, out, err = run(["encode", str(files["long"]), "--out", str(tmp_path / "z.json"),
+                          "--model", str(ckpt)], capsys)
+    assert code == 0 and err == ""  # said once, in the one line of the result
+    assert "6 bars" in out and "48 notes" in out
+
+    code, out, err = run(["encode", str(files["short"]), "--model", str(ckpt)], capsys)
+    assert code == 0 and err == ""  # nothing left out, nothing said
+
+
+def test_interpolate_says_when_an_input_was_cut(ckpt: Path, files: dict[str, Path],
+                                                tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["interpolate", str(files["short"]), str(files["long"]), "--steps",
+                          "2", "--out", str(tmp_path / "i"), "--model", str(ckpt)], capsys)
+    assert code == 0, err
+    assert "long.mid: used its first 4 of 10 bars" in out and "6 bars" in out
+    assert "short.mid" not in out.split("latent space")[1]  # a 4-bar input needs no word
