@@ -261,3 +261,31 @@ def test_interpolate_says_when_an_input_was_cut(ckpt: Path, files: dict[str, Pat
     assert code == 0, err
     assert "long.mid: used its first 4 of 10 bars" in out and "6 bars" in out
     assert "short.mid" not in out.split("latent space")[1]  # a 4-bar input needs no word
+
+
+# ------------------------------------------------------------------ what the help promises
+
+
+def _help(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--help"])
+    assert exit_info.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # argparse's line breaks undone
+
+
+def test_the_help_says_which_commands_take_a_model_and_a_device(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from melodyvae.cli import build_parser
+
+    commands = list(build_parser()._subparsers._group_actions[0].choices)
+    with_model = [c for c in commands if "--model" in _help([c], capsys)]
+    with_device = [c for c in commands if "--device" in _help([c], capsys)]
+    top = _help([], capsys)
+    model_words = ", ".join(with_model[:-1]) + f" and {with_model[-1]}"
+    assert f"{model_words} run a model: each takes --model NAME|FILE" in top, top
+    others = [c for c in with_device if c not in with_model]
+    assert others == ["train", "evaluate", "axes"]
+    assert "train, evaluate and axes take --device too" in top, top
+    without = [c for c in commands if c not in with_device]
+    assert without == ["extract", "corpus", "models", "render", "transcribe"]
+    assert "extract, corpus, models, render and transcribe use no model" in top, top
