@@ -97,8 +97,13 @@ def pick_device(name: str = "auto") -> torch.device:
         raise DeviceError(f"unknown device {name!r} (auto, cpu, cuda or mps)") from e
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device {name}: no CUDA device is available")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise DeviceError(f"device {name}: this machine has {torch.cuda.device_count()} "
+                          "CUDA devices (cuda:0 is the first)")
     if device.type == "mps" and not _mps_available():
         raise DeviceError(f"device {name}: no MPS device is available")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"device {name}: melodyvae runs on cpu, cuda or mps")
     return device
 
 
