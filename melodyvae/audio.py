@@ -7,7 +7,7 @@ result is peak-normalised to -1 dBFS and written as 16-bit PCM with soundfile.
 Transcription is monophonic:
 
 1. the file is read with soundfile (any sample rate, mono or stereo: channels are averaged),
-   resampled to 22,050 Hz with ``torchaudio.functional.resample`` and peak-normalised;
+   resampled to 22,050 Hz with ``librosa.resample`` (soxr) and peak-normalised;
 2. librosa's pYIN (46 ms window, C2-C7, quarter-semitone bins) gives a pitch and a
    voiced/unvoiced decision every 256 samples (11.6 ms); frames more than 40 dB below the
    loudest frame count as silence;
@@ -491,8 +491,6 @@ def transcribe_array(audio: np.ndarray, sample_rate: int, qpm: float | None = No
                      name: str = "<audio>") -> Transcription:
     """Transcribe (n,) or (n, channels) float audio; see the module docstring."""
     import librosa
-    import torch
-    import torchaudio
 
     if qpm is not None and not (0 < qpm < 1000):
         raise AudioError(f"tempo {qpm} qpm is out of range")
@@ -503,8 +501,7 @@ def transcribe_array(audio: np.ndarray, sample_rate: int, qpm: float | None = No
     if mono.size == 0 or float(np.max(np.abs(mono))) < SILENT_PEAK:
         raise SilentAudioError(f"{name}: silent, nothing to transcribe")
     if sample_rate != ANALYSIS_SAMPLE_RATE:
-        mono = torchaudio.functional.resample(
-            torch.from_numpy(mono), sample_rate, ANALYSIS_SAMPLE_RATE).numpy()
+        mono = librosa.resample(mono, orig_sr=sample_rate, target_sr=ANALYSIS_SAMPLE_RATE)
     y = _normalise(mono, 0.0)
     sr = ANALYSIS_SAMPLE_RATE
     if y.size < FRAME:
