@@ -101,9 +101,10 @@ def check_line(y: np.ndarray) -> None:
                          ids=["clean", "portamento", "breath", "portamento+breath"])
 def test_hummed_line_keeps_its_13_notes(vibrato: float, glide: float,
                                         snr_db: float | None) -> None:
-    """The transcriber before this one gave 15 to 40 notes in 9 of these 16 cases (held
+    """The transcriber before this one found 12 to 39 notes in 11 of these 16 cases (held
     notes cut where the vibrato crossed a rounding boundary or its wobble looked like an
-    attack, the passing pitches of a portamento kept as notes)."""
+    attack, a portamento's passing pitches kept, the repeated note lost in breath noise);
+    docs/benchmarks.md has the table."""
     check_line(hum(LINE, vibrato=vibrato, glide=glide, snr_db=snr_db, seed=1))
 
 
@@ -119,8 +120,7 @@ def test_a_real_recording_keeps_its_scale() -> None:
     """music21 ships a 20-second recording of a monophonic line: a C major scale up, the
     notes of a C major chord, then down to a few chromatic steps (the score its own tests
     follow). Every score note is found, in order and in the right octave, with at most four
-    notes besides; the transcriber before this one split it into 26 notes with five
-    octave slips and found 17 of the 18."""
+    notes besides; the transcriber before this one found 17 of the 18 in 26 notes."""
     import music21
 
     path = Path(music21.__file__).parent / "audioSearch" / "test_audio.wav"
