@@ -230,6 +230,9 @@ def cmd_models(args: argparse.Namespace) -> int:
         default = " (default)" if name == DEFAULT_MODEL else ""
         print(f"{name}{default}: {m['kind']}, {m['bars']} bars, latent {m['z_dim']}"
               + (f"; {summary}" if summary else ""))
+    from melodyvae.models import LICENCE
+
+    print(LICENCE)
     return 0
 
 
