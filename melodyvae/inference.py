@@ -142,13 +142,13 @@ def read_melody(path: str | os.PathLike[str], qpm: float | None = None, *,
     size or header, before they are read.
     """
     from melodyvae import limits
-    from melodyvae.audio import AUDIO_SUFFIXES, looks_like_audio
+    from melodyvae.audiofile import AUDIO_SUFFIXES, looks_like_audio
 
     follow = root is None
     audio = (Path(path).suffix.lower() in AUDIO_SUFFIXES if root is not None
              else looks_like_audio(path))
     if audio:
-        from melodyvae.audio import ANALYSIS_SAMPLE_RATE, transcribe_array
+        from melodyvae.transcribe import ANALYSIS_SAMPLE_RATE, transcribe_array
 
         sound = limits.read_audio_mono(
             path, target_rate=ANALYSIS_SAMPLE_RATE, root=root, follow_links=follow,
