@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from melodyvae.argtypes import positive_int, real_number, whole_number
 from melodyvae.errors import UserError
+from melodyvae.pianoroll import roll_title
 from melodyvae.presets import CPU_BATCH, DEFAULT_MODEL, GPU_BATCH
 
 if TYPE_CHECKING:
@@ -228,7 +229,7 @@ def _write_batch(vae: MelodyVAE, z: np.ndarray, args: argparse.Namespace, seed: 
                 melody = vae.melody_from_tokens(row, qpm)
                 name = f"{stem}{index:0{width}d}"
                 writer.write(melody, out / f"{name}.mid",
-                             f"{name}  ({vae.name}, temperature {args.temperature:g})")
+                             roll_title(name, vae.name, args.temperature, seed))
                 index += 1
                 bar.update(1)
     return writer
@@ -521,7 +522,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
                                chunk_seed(seed, 0)).cpu().numpy()
     melody = vae.melody_from_tokens(tokens[0], args.qpm)
     writer = _Writer(args, vae.name)
-    writer.write(melody, args.out, f"{args.out.stem}  ({vae.name})")
+    writer.write(melody, args.out, roll_title(args.out.stem, vae.name, args.temperature, seed))
     extras = []
     if writer.counts["wav"]:
         extras.append(f"{args.out.with_suffix('.wav').name} ({writer.rendered_with})")
@@ -661,7 +662,8 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     if args.png:
         from melodyvae.pianoroll import save_pianoroll
 
-        save_pianoroll(result.melody, args.output.with_suffix(".png"), args.output.stem)
+        save_pianoroll(result.melody, args.output.with_suffix(".png"), roll_title(
+            args.output.stem, source=f"transcribed from {args.input.name} at {result.qpm:g} qpm"))
     channels = {1: "mono", 2: "stereo"}.get(result.channels, f"{result.channels}-channel")
     how = "estimated" if result.tempo_estimated else "given"
     print(f"{args.output}: {len(result.melody.notes)} notes, {result.melody.n_bars} bars at "
