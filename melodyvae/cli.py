@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from melodyvae.argtypes import non_negative_int, positive_int
+from melodyvae.argtypes import non_negative_int, positive_int, real_number
 from melodyvae.errors import MelodyVAEError, UserError
 from melodyvae.presets import DEFAULT_MODEL
 
@@ -179,8 +179,10 @@ def _train_phrase_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hidden", type=positive_int, default=512, help="MLP width (512)")
     p.add_argument("--layers", type=positive_int, default=2, help="MLP hidden layers (2)")
     p.add_argument("--steps", type=positive_int, default=3000, help="optimizer steps (3000)")
-    p.add_argument("--beta", type=float, default=1.0, help="final KL weight (1.0)")
-    p.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (1e-3)")
+    p.add_argument("--beta", type=real_number(0.0, 100.0), default=1.0,
+                   help="final KL weight (1.0)")
+    p.add_argument("--lr", type=real_number(1e-7, 1.0), default=1e-3,
+                   help="initial learning rate (1e-3)")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -209,7 +211,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     folder_phrases(folder, base.bars)  # a bad folder fails before any fitting
     summary = adapt(base, folder, out, seconds=args.seconds, steps=args.steps, seed=args.seed,
                     progress=not args.no_progress)
-    print(f"{out}: {base.name} adapted to {summary['phrases']} phrases from "
+    print(f"{out}: {base.name} adapted to {summary['phrases']} phrases of {base.bars} bars from "
           f"{summary['files']} files ({summary['steps']} steps, {summary['seconds']:.0f} s)")
     return 0
 
@@ -224,9 +226,10 @@ def _adapt_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="FILE.safetensors")
     p.add_argument("--model", default="phrase-16bar", metavar="MODEL",
                    help="phrase model to start from (phrase-16bar)")
-    p.add_argument("--seconds", type=float, default=45.0,
-                   help="longest fit in seconds; reading and encoding come on top (45)")
-    p.add_argument("--steps", type=positive_int, default=600, help="most fit steps (600)")
+    p.add_argument("--seconds", type=real_number(1.0, 3600.0), default=50.0,
+                   help="time for reading, encoding and fitting together; the fit stops "
+                        "early when it runs out (50)")
+    p.add_argument("--steps", type=positive_int, default=1000, help="most fit steps (1000)")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

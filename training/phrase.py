@@ -227,20 +227,8 @@ def _section_preset(section: MelodyVAE) -> Any:
 
 # ------------------------------------------------------------------ adapting to a MIDI folder
 
-ADAPT_SECONDS = 45.0  # default time for adapt's fit (reading and encoding come on top)
+ADAPT_SECONDS = 50.0  # default time for adapt: reading, encoding and fitting together
 MIN_FILES = 2  # fewest MIDI files a folder must give melodies from
-TRANSPOSE = range(-5, 7)  # semitones each phrase is also learnt at (MusicVAE's +-5, and 6)
-
-
-def transpose_tokens(tokens: np.ndarray, semitones: int) -> np.ndarray | None:
-    """Phrases (N, T) moved by ``semitones``; None when a note would leave the range."""
-    from melodyvae.melody import VOCAB_SIZE
-
-    notes = tokens >= 2
-    moved = tokens.astype(np.int64) + semitones * notes
-    if notes.any() and (moved[notes].min() < 2 or moved[notes].max() >= VOCAB_SIZE):
-        return None
-    return moved
 
 
 def folder_phrases(folder: Path, bars: int) -> tuple[np.ndarray, int]:
@@ -284,39 +272,39 @@ def folder_phrases(folder: Path, bars: int) -> tuple[np.ndarray, int]:
 
 
 def adapt(base: PhraseMelodyVAE, folder: Path, out: Path, seconds: float = ADAPT_SECONDS,
-          steps: int = 600, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+          steps: int = 1000, seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """Fit ``base``'s phrase level to the melodies of a MIDI folder (MidiMe-style: the section
     model stays) and write the result as a phrase model file; a summary comes back.
 
-    Every phrase is also learnt transposed (:data:`TRANSPOSE`). The fit starts from the base
-    phrase level, keeps its code statistics and latent axes, and stops after ``steps`` steps
-    or ``seconds`` of fitting, whichever comes first."""
+    The fit starts from the base phrase level, keeps its code statistics and latent axes, and
+    stops after ``steps`` steps or when ``seconds`` have passed since the folder was first
+    read, whichever comes first. The phrases are learnt in their own keys: transposed copies
+    flattened the pitch-class profile that makes a folder's style (measured in
+    docs/phrase.md)."""
     from tqdm import tqdm
 
-    from melodyvae.checkpoint import save_phrase_checkpoint
+    from melodyvae.checkpoint import preset_from_info, save_phrase_checkpoint
 
-    tokens, used = folder_phrases(folder, base.bars)
-    shifted = [t for k in TRANSPOSE if (t := transpose_tokens(tokens, k)) is not None]
-    augmented = np.concatenate(shifted)
     began = time.monotonic()
-    codes = corpus_codes(base.section, augmented, base.sections, "encode", progress)
-    train_cfg = PhraseTrainConfig(steps=steps, batch_size=min(128, len(codes)), lr=3e-4,
+    tokens, used = folder_phrases(folder, base.bars)
+    codes = corpus_codes(base.section, tokens, base.sections, "encode", progress)
+    train_cfg = PhraseTrainConfig(steps=steps, batch_size=min(128, len(codes)), lr=1e-3,
                                   warmup=1, max_beta=1.0)
+    left = max(1.0, seconds - (time.monotonic() - began))
     with tqdm(total=steps, desc="adapt", unit="step", disable=not progress) as bar:
         def report(step: int, row: dict[str, float]) -> None:
             bar.update(step - bar.n)
             bar.set_postfix(err=f"{row['err']:.1f}")
 
         phrase, log = fit(codes, base.phrase.cfg, train_cfg, seed=seed, start=base.phrase,
-                          max_seconds=seconds, progress=report)
-    summary = {"files": used, "phrases": len(tokens), "phrases_transposed": len(codes),
-               "steps": int(log[-1]["step"]), "seconds": round(time.monotonic() - began, 1)}
+                          max_seconds=left, progress=report)
+        bar.update(int(log[-1]["step"]) - bar.n)
+    summary = {"files": used, "phrases": len(tokens), "steps": int(log[-1]["step"]),
+               "seconds": round(time.monotonic() - began, 1)}
     extra: dict[str, Any] = {key: base.info[key] for key in ("axes", "data")
                              if key in base.info}
     extra["training"] = {"step": summary["steps"], "adapted_from": base.name,
                          "adapted_on": summary}
-    from melodyvae.checkpoint import preset_from_info
-
     section = base.info["section"]
     preset = preset_from_info({**section, "preset": section.get("preset", "section")})
     save_phrase_checkpoint(out, base.section.model, preset, phrase, out.stem,
