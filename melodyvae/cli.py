@@ -184,8 +184,8 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--music", action="store_true",
                    help="add the musical measures (docs/measures.md): note F1, key fit, "
                         "degenerate share, ... beside the data and a Markov baseline")
-    p.add_argument("--samples", type=positive_int, default=300,
-                   help="prior samples per temperature with --music (300)")
+    p.add_argument("--samples", type=positive_int, default=1000,
+                   help="prior samples per temperature with --music (1000)")
     p.set_defaults(func=cmd_evaluate)
 
 

@@ -96,3 +96,11 @@ def test_card_leads_with_the_model_against_data_and_markov(tmp_path: Path,
     assert "`melodyvae evaluate M C --music --json`" in card
     f1 = report["music"]["reconstruction"]["note_f1"]
     assert f"note F1 of reconstructions: {f1:.3f} (goal ≥ 0.8) — **not met**" in card
+
+
+def test_cli_default_sample_count_is_the_reports() -> None:
+    from melodyvae.cli import build_parser
+    from melodyvae.training.evaluate import MUSIC_SAMPLES
+
+    args = build_parser().parse_args(["evaluate", "hier-4bar", "data.npz", "--music"])
+    assert args.samples == MUSIC_SAMPLES

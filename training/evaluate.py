@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 ACTIVE_UNIT_VARIANCE = 0.01  # a latent dim is active when Var_x[mu(x)] exceeds this
 TEMPERATURES = (0.0, 0.5, 1.0)  # prior samples are measured at each of these
-MUSIC_SAMPLES = 300  # prior samples per temperature, and Markov-chain samples
+MUSIC_SAMPLES = 1000  # prior samples per temperature, and Markov-chain samples
 
 
 @torch.no_grad()

@@ -187,9 +187,11 @@ def music_markdown(report: dict[str, Any]) -> list[str]:
             f"| {_cell(m['pitch_range'], 1)} | {_cell(m['leap_share_across_bars'])} "
             f"| {_cell(m['leap_share_within_bars'])} | {_cell(m['bar_repeat_share'])} |")
     lines.append("")
-    if commands:
-        lines += ["Made by " + " ; reproduced alone by ".join(
-            f"`{commands[k]}`" for k in ("report", "evaluate") if k in commands) + ".", ""]
+    if "report" in commands:
+        lines.append(f"Every figure on this card: `{commands['report']}`.")
+    if "evaluate" in commands:
+        lines.append(f"These musical measures alone, the same figures: `{commands['evaluate']}`.")
+    lines += [""] if commands else []
     return lines
 
 
@@ -201,7 +203,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines += music_markdown(report)
     goals = goal_lines(report)
     if goals:
-        lines += ["Goals:", *goals, ""]
+        lines += ["Goals (those set for the shipped hier-4bar):", *goals, ""]
     lines += [
         f"**{report['model']}**, held-out test split ({test['n_phrases']:,} phrases):",
         "",
