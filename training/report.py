@@ -162,8 +162,8 @@ def music_markdown(report: dict[str, Any]) -> list[str]:
     lines = [
         f"**{report['model']}** against the held-out data and a third-order Markov chain on "
         f"note events trained on the same training split ({rec['n']:,} test phrases; "
-        f"{settings['samples_per_temperature']} prior samples per temperature and "
-        f"{settings['samples_per_temperature']} Markov samples, seed {settings['seed']}; "
+        f"{settings['samples_per_temperature']:,} prior samples per temperature and "
+        f"{settings['samples_per_temperature']:,} Markov samples, seed {settings['seed']}; "
         "definitions in docs/measures.md).",
         "",
         f"Reconstructions (greedy, from the posterior mean): note onset+pitch F1 "
