@@ -169,6 +169,8 @@ def test_shapes_checked() -> None:
         m.reconstruction_measures(np.zeros((2, T)), np.zeros((3, T)))
     with pytest.raises(ValueError, match="must be"):
         m.sample_measures(np.zeros(T))
+    with pytest.raises(ValueError, match="outside"):
+        m.sample_measures(np.full((1, T), 90))
 
 
 # ---------------------------------------------------------------------- properties

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from melodyvae.melody import HOLD, NOTE_OFFSET, REST
+from melodyvae.melody import HOLD, NOTE_OFFSET, REST, VOCAB_SIZE
 
 STEPS_PER_BAR = 16  # grid steps per bar (16th notes in 4/4)
 MAX_REPEATS = 8  # one pitch sounded more than this many times in a row is degenerate
@@ -49,8 +49,8 @@ def _as_tokens(tokens: np.ndarray) -> np.ndarray:
     arr = np.asarray(tokens)
     if arr.ndim != 2:
         raise ValueError(f"tokens must be (N, T), not shape {arr.shape}")
-    if arr.size and (arr.min() < 0 or arr.max() > 127 + NOTE_OFFSET):
-        raise ValueError("tokens out of range")
+    if arr.size and (arr.min() < 0 or arr.max() >= VOCAB_SIZE):
+        raise ValueError(f"tokens outside 0..{VOCAB_SIZE - 1}")
     return arr.astype(np.int64)
 
 
