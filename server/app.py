@@ -26,6 +26,7 @@ from melodyvae.server.state import Addr
 
 if TYPE_CHECKING:
     from melodyvae.inference import MelodyVAE
+    from melodyvae.server.web import WebOptions
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ class ServeOptions:
     device: str = "auto"
     threads: int | None = None
     config: ServerConfig = ServerConfig()
+    web: WebOptions | None = None  # also serve the browser page (server/web.py)
 
 
 def warm_up(vae: MelodyVAE, max_batch: int = 4) -> float:
@@ -158,15 +160,23 @@ def serve(options: ServeOptions) -> int:
     if config.reply_host:  # resolved once, not on every send
         config = dataclasses.replace(config, reply_host=resolve_host(config.reply_host))
     sock = bind(options.host, options.port)
+    web_sock = None
     try:
+        if options.web is not None:
+            from melodyvae.server.web import bind as bind_web
+
+            web_sock = bind_web(options.web.host, options.web.port)
         set_threads(options.threads)
         vae = MelodyVAE.load(options.model, device=options.device)
         seconds = warm_up(vae)
     except BaseException:
         sock.close()
+        if web_sock is not None:
+            web_sock.close()
         raise
     _LOGGER.info("warmed up in %.2f s", seconds)
     server = OscServer(vae, options.host, options.port, config, sock)
+    web = None
 
     stop = threading.Event()
 
@@ -183,10 +193,18 @@ def serve(options: ServeOptions) -> int:
         print(f"melodyvae: listening on {server.host}:{server.port} (model {vae.name}, "
               f"{vae.bars} bars, latent {vae.z_dim}, device {vae.device.type}{reply})",
               flush=True)
+        if options.web is not None and web_sock is not None:
+            from melodyvae.server.web import WebServer, describe
+
+            web = WebServer(server.core, options.web, web_sock).start()
+            for line in describe(web):
+                print(f"melodyvae: {line}", flush=True)
         while not stop.wait(0.5):
             pass
         print("melodyvae: stopping", file=sys.stderr, flush=True)
     finally:
+        if web is not None:
+            web.close()
         server.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
