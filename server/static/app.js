@@ -36,6 +36,7 @@ const mvae = (window.mvae = {
   latencies: [], // ms from a request (pad move, slider, button) to its melody drawn
   errors: [], // [address, reason] from /mvae/error, and upload errors
   z: null, // the last latent vector received
+  last: {}, // address -> arguments of the last message received there
   scheduled: transport.scheduled, // notes the transport scheduled
   transport,
   pad,
@@ -80,6 +81,7 @@ function receive(frame) {
     return;
   }
   for (const { address, args } of frame) {
+    mvae.last[address] = args;
     switch (address) {
       case "/mvae/melody/begin":
         state.building = { id: args[0], bars: args[1], stepsPerBar: args[2], qpm: args[3],

@@ -24,7 +24,11 @@ export class Pad {
     this.dragging = false;
     canvas.addEventListener("pointerdown", (e) => {
       this.dragging = true;
-      canvas.setPointerCapture(e.pointerId);
+      try {
+        canvas.setPointerCapture(e.pointerId); // keep the drag when it leaves the pad
+      } catch {
+        // a pointer the browser does not track (a synthetic event): no capture needed
+      }
       this.pointer(e);
     });
     canvas.addEventListener("pointermove", (e) => {
