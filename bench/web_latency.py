@@ -38,6 +38,7 @@ import numpy as np
 from common import resolve, start
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 GOAL_P99_MS = 50.0  # pad move -> melody drawn, hier-4bar
@@ -162,20 +163,17 @@ def summary(values: list[float]) -> dict[str, float]:
 
 def showcase(driver: WebDriver, path: Path) -> None:
     """A screenshot with something to see: four corners stored, a melody playing."""
-    for corner, seed in zip("ABCD", (3, 11, 17, 29), strict=True):
-        driver.execute_script(f"document.getElementById('seed').value = {seed};"
-                              "document.getElementById('seed').dispatchEvent("
-                              "new Event('change'));")
+    driver.execute_script("document.getElementById('temperature').value = 0.6;"
+                          "document.getElementById('temperature').dispatchEvent("
+                          "new Event('input'));")
+    for corner in "ABCD":
         before = driver.execute_script("return mvae.melodies")
-        driver.execute_script("document.getElementById('temperature').value = 0.6;"
-                              "document.getElementById('temperature').dispatchEvent("
-                              "new Event('input'));")
-        driver.execute_script("document.getElementById('sample').click()")
-        wait_for(driver, f"return mvae.melodies > {before} && !mvae.transport.pending")
+        driver.find_element(By.ID, "sample").click()
+        wait_for(driver, f"return mvae.melodies > {before}")
         time.sleep(0.3)
-        driver.execute_script(f"document.querySelector('[data-slot={corner}] "
-                              "[data-action=store]').click()")
-    driver.execute_script("document.getElementById('play').click()")
+        driver.find_element(By.CSS_SELECTOR, f"[data-slot={corner}] [data-action=store]"
+                            ).click()
+    driver.find_element(By.ID, "play").click()  # a real click: audio needs a gesture
     time.sleep(1.7)
     driver.save_screenshot(str(path))
 

@@ -334,7 +334,11 @@ $("seed").addEventListener("change", () => {
 $("dice").addEventListener("click", () => setSeed(Math.floor(Math.random() * 2147483647)));
 
 $("sample").addEventListener("click", () => {
-  ask("/mvae/sample", [Number($("temperature").value)]);
+  // A new seed, shown: it draws the vector and the decode's notes (temperature > 0)
+  const seed = Math.floor(Math.random() * 2147483647);
+  $("seed").value = seed;
+  send("/mvae/seed", [seed]);
+  ask("/mvae/sample", [Number($("temperature").value), seed]);
   send("/mvae/z/get");
 });
 $("vary").addEventListener("click", () => {
