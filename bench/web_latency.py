@@ -173,6 +173,7 @@ def showcase(driver: WebDriver, path: Path) -> None:
         time.sleep(0.3)
         driver.find_element(By.CSS_SELECTOR, f"[data-slot={corner}] [data-action=store]"
                             ).click()
+    driver.set_window_size(1400, 790)
     driver.find_element(By.ID, "play").click()  # a real click: audio needs a gesture
     time.sleep(1.7)
     driver.save_screenshot(str(path))

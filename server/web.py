@@ -231,8 +231,11 @@ class Tab:
     reading: bool = False  # an upload of this tab is being read
 
     def push(self, data: bytes) -> None:
-        """Queue a reply datagram (event loop thread)."""
+        """Queue a reply datagram (event loop thread); past MAX_QUEUED the oldest goes."""
         if len(self.outbox) == self.outbox.maxlen:
+            if not self.dropped:
+                _LOGGER.warning("tab %d reads too slowly; dropping its oldest replies",
+                                self.key[1])
             self.dropped += 1
         self.outbox.append(data)
         self.ready.set()

@@ -321,6 +321,11 @@ $("temperature").addEventListener("input", () => {
   refresh();
 });
 
+// A new seed short enough to read and type again (any 0 .. 2^31-1 may be typed)
+function freshSeed() {
+  return Math.floor(Math.random() * 1000000);
+}
+
 function setSeed(seed) {
   $("seed").value = seed;
   send("/mvae/seed", [seed]);
@@ -331,11 +336,11 @@ $("seed").addEventListener("change", () => {
   const seed = Math.max(0, Math.min(2147483647, Math.round(Number($("seed").value) || 0)));
   setSeed(seed);
 });
-$("dice").addEventListener("click", () => setSeed(Math.floor(Math.random() * 2147483647)));
+$("dice").addEventListener("click", () => setSeed(freshSeed()));
 
 $("sample").addEventListener("click", () => {
   // A new seed, shown: it draws the vector and the decode's notes (temperature > 0)
-  const seed = Math.floor(Math.random() * 2147483647);
+  const seed = freshSeed();
   $("seed").value = seed;
   send("/mvae/seed", [seed]);
   ask("/mvae/sample", [Number($("temperature").value), seed]);
