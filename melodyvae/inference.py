@@ -124,20 +124,38 @@ def melody_suffixes() -> tuple[str, ...]:
     return MIDI_SUFFIXES + AUDIO_SUFFIXES
 
 
-def read_melody(path: str | os.PathLike[str], qpm: float | None = None
-                ) -> tuple[Melody, str]:
+def read_melody(path: str | os.PathLike[str], qpm: float | None = None, *,
+                root: str | os.PathLike[str] | None = None,
+                max_audio_seconds: float | None = None,
+                max_midi_bytes: int | None = None) -> tuple[Melody, str]:
     """The melody of a MIDI file, or of an audio file through the transcriber (at ``qpm``,
-    estimated when None), and a few words on where it came from."""
-    from melodyvae.audio import looks_like_audio, transcribe_file
+    estimated when None), and a few words on where it came from.
 
-    if looks_like_audio(path):
-        result = transcribe_file(path, qpm)
+    With ``root`` (files named over the network) the file opened must lie inside that
+    folder, is not reached through a link, and is told apart by its name alone. Files
+    larger than the limits (:mod:`melodyvae.limits` by default) are refused from their
+    size or header, before they are read.
+    """
+    from melodyvae import limits
+    from melodyvae.audio import AUDIO_SUFFIXES, looks_like_audio
+
+    follow = root is None
+    audio = (Path(path).suffix.lower() in AUDIO_SUFFIXES if root is not None
+             else looks_like_audio(path))
+    if audio:
+        from melodyvae.audio import ANALYSIS_SAMPLE_RATE, transcribe_array
+
+        sound = limits.read_audio_mono(
+            path, target_rate=ANALYSIS_SAMPLE_RATE, root=root, follow_links=follow,
+            max_seconds=max_audio_seconds or limits.MAX_AUDIO_SECONDS)
+        result = transcribe_array(sound.samples, sound.sample_rate, qpm, name=str(path))
         how = "estimated" if result.tempo_estimated else "given"
         return result.melody, (f"transcribed {len(result.melody.notes)} notes at "
                                f"{result.qpm:.1f} qpm ({how})")
     from melodyvae.midi import read_midi
 
-    melody, info = read_midi(path)
+    melody, info = read_midi(path, root=root, follow_links=follow,
+                             max_bytes=max_midi_bytes or limits.MAX_MIDI_BYTES)
     return melody, f"{len(melody.notes)} notes from track {info.track}"
 
 

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from melodyvae.argtypes import positive_int, real_number, whole_number
 from melodyvae.presets import DEFAULT_MODEL
 
-if TYPE_CHECKING:
-    from melodyvae.server.web import Network
-
 _PORT = whole_number(0, 65535, what="a port number")
 _LOOKAHEAD = real_number(0.0, 2000.0, what="a number of milliseconds", unit="ms")
+_LEASE = real_number(1.0, 86400.0, what="a number of seconds", unit="s")
+
+
+def _network(text: str) -> object:
+    from melodyvae.server.guard import parse_network
+
+    try:
+        return parse_network(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _folder(text: str) -> Path:
@@ -21,15 +27,6 @@ def _folder(text: str) -> Path:
     if not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text}: no such folder")
     return path
-
-
-def _network(text: str) -> Network:
-    from melodyvae.server.web import parse_network
-
-    try:
-        return parse_network(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -58,13 +55,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="playback bundles are sent this long before their time (100)")
     p.add_argument("--max-clients", type=positive_int, default=64, metavar="N",
                    help="clients remembered; the least recently heard is forgotten (64)")
+    p.add_argument("--allow-from", type=_network, action="append", default=[],
+                   metavar="NET", help="read datagrams, and serve the --web page, from this "
+                   "network too (e.g. 192.168.1.0/24; repeat for more); loopback always, "
+                   "nothing else by default")
+    p.add_argument("--lease", type=_LEASE, default=600.0, metavar="S",
+                   help="a playing stream ends after this long without a message from its "
+                   "client (600)")
     p.add_argument("--web", type=_PORT, nargs="?", const=8000, default=None, metavar="PORT",
                    help="also serve a control page for the browser on this TCP port (8000; "
-                   "0 = any free); its address, with an access token, is printed at start")
-    p.add_argument("--allow-from", type=_network, action="append", default=[],
-                   metavar="NET", help="let the web page be opened from this network too "
-                   "(e.g. 192.168.1.0/24; repeat for more); loopback always, nothing else "
-                   "by default")
+                   "0 = any free), on --host; its address, with an access token, is printed "
+                   "at start")
     p.set_defaults(func=cmd_serve)
 
 
@@ -76,9 +77,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = ServerConfig(
         reply_host=args.reply_host, reply_port=args.reply_port or None,
         allow_dir=args.allow_dir, max_clients=args.max_clients,
-        lookahead=args.lookahead / 1000.0,
+        lookahead=args.lookahead / 1000.0, allow_from=tuple(args.allow_from),
+        lease=args.lease,
     )
-    web = (None if args.web is None else
-           WebOptions(args.host, args.web, tuple(args.allow_from)))
+    web = None if args.web is None else WebOptions(args.host, args.web)
     return serve(ServeOptions(args.model, args.host, args.port, args.device, args.threads,
                               config, web))

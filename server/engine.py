@@ -51,6 +51,13 @@ _LOGGER = logging.getLogger(__name__)
 # finished: a slider dragged fast and long still updates a playing loop twice a second (it
 # changes at bar lines, a second or more apart).
 MAX_UNANSWERED_S = 0.5
+# While new clients crowd out others (a flood of new source ports), their decodes wait apart
+# and run only when no settled client's decode is running or waiting, at most
+# MAX_NEWCOMERS at once and NEWCOMER_RATE a second; the rest go when their client is
+# forgotten. The clients already playing keep their latency, and a newcomer that keeps
+# talking settles within half a second (see clients.py) and is served as any other.
+MAX_NEWCOMERS = 2
+NEWCOMER_RATE = 20.0  # newcomer decodes started per second while the table is crowded
 
 
 @dataclass
@@ -65,6 +72,7 @@ class DecodeJob:
     vary: tuple[float, int] | None = None  # (amount, seed): add amount * N(0, I) to z
     received: float = field(default_factory=time.perf_counter)
     protected: bool = False  # finish it even once the client has asked for something newer
+    newcomer: bool = False  # from a new client while new clients crowd the table
 
     def latent(self) -> np.ndarray:
         """The vector to decode, read when the worker gets to it (after pending encodes)."""
@@ -156,6 +164,10 @@ class Engine(Worker):
         self.rolling = vae.rolling()
         self.running: dict[int, DecodeJob] = {}  # id(job) -> job, in the rolling batch
         self.flying: dict[Addr, list[DecodeJob]] = {}  # per client: at most two running
+        self.evicted: list[ClientState] = []  # forgotten clients whose decodes must leave
+        self.held: OrderedDict[Addr, DecodeJob] = OrderedDict()  # newcomers' decodes waiting
+        self._newcomer_tokens = float(MAX_NEWCOMERS)  # budget of newcomer decodes ...
+        self._newcomer_at = time.monotonic()  # ... as of this time
 
     def snapshot(self) -> EngineStats:
         """The counters at one moment, safe to read from any thread."""
@@ -167,7 +179,18 @@ class Engine(Worker):
     def submit_decode(self, job: DecodeJob) -> None:
         with self.cond:
             self.stats.requests += 1
-            self.decodes.put(job.client.key, job)
+            key = job.client.key
+            if job.newcomer:
+                if self.held.pop(key, None) is not None:
+                    self.decodes.superseded += 1
+                self.held[key] = job
+                while len(self.held) > self.decodes.capacity:
+                    self.held.popitem(last=False)
+                    self.decodes.superseded += 1
+            else:
+                if self.held.pop(key, None) is not None:
+                    self.decodes.superseded += 1
+                self.decodes.put(key, job)
             self.cond.notify()
 
     def submit_encode(self, job: EncodeJob) -> None:
@@ -182,34 +205,65 @@ class Engine(Worker):
             self.tasks.put(key, task)
             self.cond.notify()
 
-    def forget(self, key: Addr) -> None:
-        """Drop a client's waiting jobs (it was evicted)."""
+    def forget(self, key: Addr, client: ClientState | None = None) -> None:
+        """Drop a client's waiting jobs (it was evicted) and, with ``client``, stop its
+        running decodes at the next step: nobody is left to hear them."""
         with self.cond:
             self.decodes.jobs.pop(key, None)
             self.encodes.jobs.pop(key, None)
             self.tasks.jobs.pop(key, None)
+            self.held.pop(key, None)
+            if client is not None:
+                self.evicted.append(client)
+                self.cond.notify()
 
     # ------------------------------------------------------------ worker side
     thread_name = "mvae-engine"
 
     def _waiting(self) -> bool:
-        return bool(self.decodes.jobs or self.encodes.jobs or self.tasks.jobs)
+        return bool(self.decodes.jobs or self.encodes.jobs or self.tasks.jobs or self.evicted)
 
     def has_work(self) -> bool:
-        return self._waiting() or bool(self.running)
+        return self._waiting() or bool(self.running) or self._newcomers_due() > 0
+
+    def wait_seconds(self) -> float | None:
+        """With newcomers held back by their rate alone: when the next may start."""
+        if not self.held or self._newcomers_due(budget=False) == 0:
+            return None
+        return max(0.001, (1.0 - self._newcomer_tokens) / NEWCOMER_RATE)
+
+    def _newcomers_due(self, budget: bool = True) -> int:
+        """How many held newcomer decodes may start now (cond held): none while a settled
+        client's decode runs or waits; else up to MAX_NEWCOMERS running and, with
+        ``budget``, NEWCOMER_RATE a second."""
+        if not self.held or self.decodes.jobs or any(not job.newcomer
+                                                     for job in self.running.values()):
+            return 0
+        free = MAX_NEWCOMERS - sum(job.newcomer for job in self.running.values())
+        if not budget:
+            return max(0, min(free, len(self.held)))
+        now = time.monotonic()
+        self._newcomer_tokens = min(float(MAX_NEWCOMERS), self._newcomer_tokens
+                                    + (now - self._newcomer_at) * NEWCOMER_RATE)
+        self._newcomer_at = now
+        return max(0, min(free, len(self.held), int(self._newcomer_tokens)))
 
     def run_pending(self) -> int:
         """Process every waiting job, and every job that arrives meanwhile, until none is
         left; the number processed. (The worker's step; tests call it directly instead of
         starting the thread.)"""
-        done = self._take_and_run()
-        if not self.running:
-            return done
-        with numpy_context():  # while decodes are running
-            while self.running and not self._stopping:
-                self._step()
-                if self._waiting():
-                    done += self._take_and_run()
+        done = 0
+        while not self._stopping:
+            done += self._take_and_run()
+            if self.running:
+                with numpy_context():  # while decodes are running
+                    while self.running and not self._stopping:
+                        self._step()
+                        if self._waiting():
+                            done += self._take_and_run()
+            with self.cond:
+                if not (self._waiting() or self._newcomers_due()):
+                    return done
         return done
 
     def _take_and_run(self) -> int:
@@ -217,6 +271,23 @@ class Engine(Worker):
             tasks = self.tasks.take()
             encodes = self.encodes.take()
             decodes = self.decodes.take()
+            evicted, self.evicted = self.evicted, []
+            if decodes and self.rolling is not None:  # settled clients first: running
+                for job in [j for j in self.running.values() if j.newcomer]:  # newcomers
+                    self._leave(job)  # wait again, first in line
+                    if job.client.key not in self.held:
+                        self.held[job.client.key] = job
+                        self.held.move_to_end(job.client.key, last=False)
+            for _ in range(0 if decodes else self._newcomers_due()):
+                decodes.append(self.held.popitem(last=False)[1])
+                self._newcomer_tokens -= 1.0
+        if evicted:
+            gone = {id(client) for client in evicted}
+            decodes = [job for job in decodes if id(job.client) not in gone]
+            encodes = [job for job in encodes if id(job.client) not in gone]
+            for job in [j for j in self.running.values() if id(j.client) in gone]:
+                self._leave(job)
+                self.stats.cancelled += 1
         for task in tasks:
             try:
                 task()
@@ -324,7 +395,6 @@ class Engine(Worker):
                 groups.setdefault(key, []).append((job, job.latent()))
         for (temperature, seed), items in groups.items():
             batch = [job for job, _ in items]
-            keys = [job.client.key for job in batch]
             # Stop this decode once every client of the batch has asked for something newer,
             # unless one of them has waited too long already: a flood then still hears
             # melodies instead of none.
@@ -333,8 +403,10 @@ class Engine(Worker):
                               or now - job.client.unanswered_since < MAX_UNANSWERED_S
                               for job in batch)
 
-            def stale(keys: list[Addr] = keys, cancellable: bool = cancellable) -> bool:
-                return cancellable and all(key in self.decodes.jobs for key in keys)
+            def stale(batch: list[DecodeJob] = batch, cancellable: bool = cancellable) -> bool:
+                gone = {id(client) for client in self.evicted}  # forgotten meanwhile
+                return cancellable and all(job.client.key in self.decodes.jobs
+                                           or id(job.client) in gone for job in batch)
 
             try:
                 z = np.stack([z for _, z in items]).astype(np.float32)  # (B, Z)

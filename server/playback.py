@@ -12,6 +12,10 @@ A live answer is *cued* (:meth:`Player.cue`): it plays once, its first step exac
 given bar line of the listener's clock, taking over from whatever played before; the
 bundle for that bar line is sent at once, so a cue accepted is a bar line sent at least one
 lookahead early. A cue that comes too late for that is refused.
+
+A stream ends by itself when its client has sent nothing for the lease (every message
+refreshes it, :meth:`Player.touch`), and the server ends it at once when its destination
+answers "port unreachable" (:meth:`Player.stop` without a note-off).
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ class Track:
     sounding: tuple[int, int] | None = None  # (pitch, absolute end step) of the last note-on
     starts: dict[int, Note] = field(default_factory=dict)  # the melody's notes by onset step
     once: bool = False  # a cued answer: plays its melody once, then the track ends
+    heard: float = 0.0  # Unix time of the client's last message (the lease runs from it)
     tail: list[bytes] = field(default_factory=list)  # messages sent where a cued answer ends
 
     @property
@@ -83,9 +88,12 @@ class Player(Worker):
     thread_name = "mvae-playback"
 
     def __init__(self, send: Callable[[bytes, Addr], None],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, lease: float | None = None,
+                 on_expired: Callable[[Addr], None] | None = None) -> None:
         self.send = send
         self.clock = clock  # Unix seconds; timetags are absolute times
+        self.lease = lease  # seconds a track plays without touch(); None: for ever
+        self.on_expired = on_expired
         self.tracks: dict[Addr, Track] = {}
         self.lock = threading.Lock()
         super().__init__(threading.Condition(self.lock))
@@ -96,7 +104,7 @@ class Player(Worker):
         with self.lock:
             if key in self.tracks:
                 return
-            track = Track(key, qpm, lookahead)
+            track = Track(key, qpm, lookahead, heard=self.clock())
             if melody is not None:
                 track.begin(melody, self.clock())
             self.tracks[key] = track
@@ -117,13 +125,26 @@ class Player(Worker):
                 track.pending = melody
         self._poke()
 
-    def stop(self, key: Addr) -> bool:
-        """Stop a client's loop; a sounding note is released after what was scheduled."""
+    def touch(self, key: Addr) -> None:
+        """The client was heard from: its stream's lease starts again."""
+        with self.lock:
+            track = self.tracks.get(key)
+            if track is not None:
+                track.heard = self.clock()
+
+    def streams(self) -> int:
+        """Tracks playing now."""
+        with self.lock:
+            return len(self.tracks)
+
+    def stop(self, key: Addr, release: bool = True) -> bool:
+        """Stop a client's loop; a sounding note is released after what was scheduled
+        (unless ``release`` is false: nobody listens there)."""
         with self.lock:
             track = self.tracks.pop(key, None)
             if track is None:
                 return False
-            if track.sounding is not None:
+            if track.sounding is not None and release:
                 at = max(track.time_of(track.next_step), self.clock())
                 self._send(key, encode_bundle([note_off(track.sounding[0])], at))
         return True
@@ -175,7 +196,7 @@ class Player(Worker):
                 return None
             track = self.tracks.get(key)
             if track is None:
-                track = self.tracks[key] = Track(key, qpm, lookahead)
+                track = self.tracks[key] = Track(key, qpm, lookahead, heard=now)
             prefix: list[bytes] = []
             if track.melody is not None:
                 self._schedule(track, now)  # catch up first (re-anchors if far behind)
@@ -199,6 +220,13 @@ class Player(Worker):
         """Send every step due before ``now + lookahead``; the number of bundles sent."""
         now = self.clock() if now is None else now
         sent = 0
+        expired = []
+        if self.lease is not None:
+            with self.lock:
+                expired = [k for k, t in self.tracks.items() if now - t.heard > self.lease]
+        for key in expired:
+            if self.stop(key) and self.on_expired is not None:
+                self.on_expired(key)
         with self.lock:
             for track in self.tracks.values():
                 sent += self._schedule(track, now)

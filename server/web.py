@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import json
 import logging
 import math
@@ -52,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSMsgType, web
 
 from melodyvae.errors import MelodyVAEError
+from melodyvae.limits import MAX_MIDI_BYTES
 from melodyvae.midi import MIDI_SUFFIXES
 from melodyvae.server.core import (
     ATTACHED_HOST,
@@ -63,6 +63,7 @@ from melodyvae.server.core import (
     ServerCore,
 )
 from melodyvae.server.engine import EncodeJob
+from melodyvae.server.guard import is_loopback, is_wildcard
 from melodyvae.server.protocol import Message, OscProtocolError, parse_packet
 from melodyvae.server.state import Addr
 
@@ -75,13 +76,11 @@ STATIC = Path(__file__).parent / "static"
 DEFAULT_PORT = 8000
 MAX_TABS = 16  # tabs connected at once; the next is refused
 MAX_FRAME = 65_536  # bytes of one message from a tab (as for an OSC datagram)
-MAX_UPLOAD = 1 << 20  # bytes of a dropped MIDI file
+MAX_UPLOAD = MAX_MIDI_BYTES  # bytes of a dropped MIDI file (as for one read from --allow-dir)
 MAX_QUEUED = 512  # reply datagrams waiting for a slow tab; past it the oldest are dropped
 UPLOAD_ADDRESS = "/mvae/encode/file"  # what an upload's errors name (it does the same)
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class WebStartError(MelodyVAEError):
@@ -102,36 +101,7 @@ class WebOptions:
 
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT  # 0: any free port
-    allow_from: tuple[Network, ...] = ()  # peers served besides loopback
     token: str | None = None  # None: a fresh random one
-
-
-def parse_network(text: str) -> Network:
-    """An ``--allow-from`` network: ``192.168.1.0/24``, ``10.0.0.5``, ``fd00::/8``."""
-    try:
-        return ipaddress.ip_network(text, strict=False)
-    except ValueError as e:
-        raise ValueError(f"{text!r} is not an IP network (write e.g. 192.168.1.0/24)") from e
-
-
-def peer_allowed(host: str | None, allow_from: tuple[Network, ...]) -> bool:
-    """Whether a peer at ``host`` may use the page: loopback, or inside ``allow_from``."""
-    if not host:
-        return False
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback or any(ip in net for net in allow_from if net.version == ip.version)
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -149,10 +119,10 @@ def describe(server: WebServer) -> list[str]:
     lines = [f"web page at {server.url}"]
     host = server.options.host
     if not is_loopback(host):
-        nets = ", ".join(str(n) for n in server.options.allow_from)
+        nets = ", ".join(str(n) for n in server.core.config.allow_from)
         lines.append(f"the web page answers loopback and --allow-from networks only "
                      f"({nets or 'none given'})")
-        if host in ("0.0.0.0", "::", ""):
+        if is_wildcard(host):
             lines.append("from another machine, put this machine's address in place of "
                          "127.0.0.1")
     return lines
@@ -263,7 +233,7 @@ class WebServer:
     def url(self) -> str:
         """The page's address with its token (what ``serve`` prints)."""
         host = self.options.host
-        if host in ("0.0.0.0", "::", ""):
+        if is_wildcard(host):
             host = "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
@@ -337,7 +307,7 @@ class WebServer:
     async def _guard(self, request: web.Request,
                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                      ) -> web.StreamResponse:
-        if not peer_allowed(request.remote, self.options.allow_from):
+        if not self.core.guard.allowed(request.remote or ""):
             raise web.HTTPForbidden(text="this address is not allowed; start the server "
                                          "with --allow-from for its network\n")
         if not request.path.startswith("/static/"):
@@ -481,6 +451,9 @@ class WebServer:
                                                          name)
             except MelodyVAEError as e:
                 return _error(400, str(e))
+            except Exception as e:  # a MIDI library bug: the upload fails, not the server
+                _LOGGER.exception("reading an upload failed")
+                return _error(400, f"cannot read {name}: {type(e).__name__}: {e}")
         finally:
             tab.reading = False
         with self.core.lock:
@@ -505,17 +478,19 @@ class WebServer:
 
 
 def read_upload(data: bytes, name: str) -> tuple[Melody, str]:
-    """The melody of an uploaded file called ``name``, read by the facade as any file is
-    (:func:`~melodyvae.inference.read_melody`); errors name the upload, not the copy."""
+    """The melody of an uploaded file called ``name``, read by the facade as a file named
+    over the network is (:func:`~melodyvae.inference.read_melody` inside a folder of its
+    own, with the same limits); errors name the upload, not the copy."""
     from melodyvae.inference import read_melody
 
-    with tempfile.NamedTemporaryFile(prefix="mvae-upload-", suffix=Path(name).suffix) as f:
-        f.write(data)
-        f.flush()
+    with tempfile.TemporaryDirectory(prefix="mvae-upload-") as folder:
+        path = Path(folder) / f"upload{Path(name).suffix.lower()}"
+        path.write_bytes(data)
         try:
-            return read_melody(f.name)
+            return read_melody(path, root=folder, max_midi_bytes=MAX_UPLOAD)
         except MelodyVAEError as e:
-            raise UploadError(str(e).replace(f.name, name)) from e
+            raise UploadError(str(e).replace(str(path), name).replace(path.name, name)
+                              ) from e
 
 
 def midi_bytes(melody: Melody) -> bytes:

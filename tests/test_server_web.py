@@ -14,10 +14,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import aiohttp
 import numpy as np
 import pytest
+from aiohttp import web as web_
+from aiohttp.test_utils import make_mocked_request
 from conftest import make_checkpoint, osc, scale_melody
 from hypothesis import given
 from hypothesis import strategies as st
@@ -29,7 +32,7 @@ from melodyvae.inference import MelodyVAE
 from melodyvae.melody import Melody, Note
 from melodyvae.midi import read_midi, write_midi
 from melodyvae.server.app import OscServer
-from melodyvae.server.core import melody_datagrams
+from melodyvae.server.core import ServerConfig, ServerCore, melody_datagrams
 from melodyvae.server.protocol import Args
 from melodyvae.server.web import (
     MAX_TABS,
@@ -39,7 +42,6 @@ from melodyvae.server.web import (
     WebServer,
     message_from_frame,
     messages_from_datagram,
-    peer_allowed,
 )
 
 ATTRIBUTES = ("note_density", "mean_pitch")
@@ -166,14 +168,32 @@ def test_a_melody_reaches_a_tab_note_for_note(raw: list[tuple[int, int, int, int
     assert notes_of(messages) == expected_notes(melody)
 
 
-def test_who_may_open_the_page() -> None:
-    lan = (ipaddress.ip_network("192.168.1.0/24"),)
-    assert peer_allowed("127.0.0.1", ()) and peer_allowed("::1", ())
-    assert peer_allowed("::ffff:127.0.0.1", ())
-    assert not peer_allowed("192.168.1.20", ()) and peer_allowed("192.168.1.20", lan)
-    assert peer_allowed("::ffff:192.168.1.20", lan)
-    assert not peer_allowed("192.168.2.20", lan) and not peer_allowed("10.0.0.1", lan)
-    assert not peer_allowed("not an address", lan) and not peer_allowed(None, lan)
+@pytest.mark.parametrize("allow_from, peer, allowed", [
+    ((), "127.0.0.1", True), ((), "::1", True), ((), "192.168.1.20", False),
+    (("192.168.1.0/24",), "192.168.1.20", True),
+    (("192.168.1.0/24",), "::ffff:192.168.1.20", True),
+    (("192.168.1.0/24",), "192.168.2.20", False), (("192.168.1.0/24",), "", False)])
+def test_only_loopback_and_allow_from_peers_may_open_the_page(
+        vae: MelodyVAE, allow_from: tuple[str, ...], peer: str, allowed: bool) -> None:
+    config = ServerConfig(allow_from=tuple(ipaddress.ip_network(n) for n in allow_from))
+    web = WebServer(ServerCore(vae, lambda data, addr: None, config),
+                    WebOptions(port=0, token="t"))
+    transport = mock.Mock()  # what the socket says about the peer
+    transport.get_extra_info.return_value = (peer, 50000)
+    request = make_mocked_request("GET", "/?token=t", transport=transport)
+
+    async def page(request: web_.Request) -> web_.Response:
+        return web_.Response(text="the page")
+
+    try:
+        if allowed:
+            assert run(web._guard(request, page)).text == "the page"
+        else:
+            with pytest.raises(web_.HTTPForbidden) as refused:
+                run(web._guard(request, page))
+            assert "--allow-from" in (refused.value.text or "")
+    finally:
+        web.close()
 
 
 # ---------------------------------------------------------------- the page
