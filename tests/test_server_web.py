@@ -72,6 +72,16 @@ def servers(vae: MelodyVAE) -> Iterator[tuple[OscServer, WebServer]]:
     osc_server.close()
 
 
+@pytest.fixture
+def fresh(vae: MelodyVAE) -> Iterator[tuple[OscServer, WebServer]]:
+    """Servers of the test's own, whose engine counters only it moves."""
+    osc_server = OscServer(vae, port=0).start()
+    web = WebServer(osc_server.core, WebOptions(port=0)).start()
+    yield osc_server, web
+    web.close()
+    osc_server.close()
+
+
 def base(web: WebServer) -> str:
     return f"http://127.0.0.1:{web.port}"
 
@@ -94,6 +104,25 @@ async def replies(ws: aiohttp.ClientWebSocketResponse, until: str) -> list[dict[
         out.extend(json.loads(msg.data))
         if any(m["address"] == until for m in out):
             return out
+
+
+def last_melody(messages: list[dict[str, Any]]) -> list[tuple[int, int, float, float]] | None:
+    """The notes of the last complete melody among ``messages`` (None: none yet)."""
+    ends = [i for i, m in enumerate(messages) if m["address"] == "/mvae/melody/end"]
+    if not ends:
+        return None
+    begin = max(i for i, m in enumerate(messages[:ends[-1]])
+                if m["address"] == "/mvae/melody/begin")
+    return notes_of(messages[begin:ends[-1]])
+
+
+async def read_until_melody(ws: aiohttp.ClientWebSocketResponse,
+                            messages: list[dict[str, Any]],
+                            notes: list[tuple[int, int, float, float]]) -> list[dict[str, Any]]:
+    """Read on until the last melody received has ``notes``."""
+    while last_melody(messages) != notes:
+        messages.extend(await replies(ws, "/mvae/melody/end"))
+    return messages
 
 
 def notes_of(messages: list[dict[str, Any]]) -> list[tuple[int, int, float, float]]:
@@ -227,9 +256,9 @@ def test_the_page_needs_the_token_and_its_files_do_not(servers: tuple[OscServer,
     run(go())
 
 
-def test_a_tab_is_a_client_of_the_same_engine(servers: tuple[OscServer, WebServer],
+def test_a_tab_is_a_client_of_the_same_engine(fresh: tuple[OscServer, WebServer],
                                               vae: MelodyVAE) -> None:
-    osc_server, web = servers
+    osc_server, web = fresh
     core = osc_server.core
 
     async def go() -> None:
@@ -301,9 +330,9 @@ def test_osc_clients_keep_working_beside_a_tab(servers: tuple[OscServer, WebServ
     run(go())
 
 
-def test_a_flood_of_pad_moves_waits_as_one_decode(servers: tuple[OscServer, WebServer],
+def test_a_flood_of_pad_moves_waits_as_one_decode(fresh: tuple[OscServer, WebServer],
                                                   vae: MelodyVAE) -> None:
-    osc_server, web = servers
+    osc_server, web = fresh
     core = osc_server.core
 
     async def go() -> None:
@@ -315,19 +344,12 @@ def test_a_flood_of_pad_moves_waits_as_one_decode(servers: tuple[OscServer, WebS
                 x = float(np.sin(i / 20))
                 await ws.send_json({"address": "/mvae/axis", "args": ["pc1", x, "pc2", -x]})
             await ws.send_json({"address": "/mvae/ping", "args": []})  # handled in order:
-            await replies(ws, "/mvae/pong")  # every move has been taken
+            messages = await replies(ws, "/mvae/pong")  # every move has been taken
             client = core.clients.get(key)
             assert client is not None
             # the last melody is the last move's
             last = expected_notes(vae.decode(core.axes.compose(client.pcs, {}))[0])
-            while True:
-                messages = await replies(ws, "/mvae/melody/end")
-                ends = [m for m in messages if m["address"] == "/mvae/melody/end"]
-                begin = max(i for i, m in enumerate(messages)
-                            if m["address"] == "/mvae/melody/begin")
-                if notes_of(messages[begin:]) == last and len(ends) >= 1:
-                    await asyncio.sleep(0.3)  # nothing queued behind it
-                    break
+            await read_until_melody(ws, messages, last)
             after = core.engine.snapshot()
             assert client.pcs[0] == pytest.approx(np.sin((moves - 1) / 20))
             assert after.max_waiting <= 1
@@ -335,6 +357,31 @@ def test_a_flood_of_pad_moves_waits_as_one_decode(servers: tuple[OscServer, WebS
             assert after.decoded - before.decoded < moves  # stale ones were dropped
 
     run(go())
+
+
+def test_two_tabs_flooding_at_once_wait_one_decode_each(fresh: tuple[OscServer, WebServer],
+                                                        vae: MelodyVAE) -> None:
+    osc_server, web = fresh
+    core = osc_server.core
+
+    async def flood(http: aiohttp.ClientSession, sign: float) -> list[Any]:
+        async with http.ws_connect(socket_url(web)) as ws:
+            key = ("tab", (await hello(ws))["tab"])
+            for i in range(150):
+                await ws.send_json({"address": "/mvae/axis", "args": ["pc1", sign * i / 50]})
+            await ws.send_json({"address": "/mvae/ping", "args": []})
+            messages = await replies(ws, "/mvae/pong")
+            client = core.clients.get(key)
+            assert client is not None and client.pcs[0] == pytest.approx(sign * 149 / 50)
+            last = expected_notes(vae.decode(core.axes.compose(client.pcs, {}))[0])
+            return await read_until_melody(ws, messages, last)  # its last move's melody
+
+    async def go() -> None:
+        async with aiohttp.ClientSession() as http:
+            await asyncio.gather(flood(http, 1.0), flood(http, -1.0))
+
+    run(go())
+    assert core.engine.snapshot().max_waiting <= 2  # one per tab
 
 
 # ---------------------------------------------------------------- files
