@@ -147,6 +147,33 @@ def test_an_attribute_slider_moves_the_melody(page: WebDriver, web: WebServer,
     wait_for(lambda: shows_melody_of_state(page, web, vae))
 
 
+def test_corner_slots_store_recall_and_morph(page: WebDriver, web: WebServer,
+                                             vae: MelodyVAE) -> None:
+    client = client_of(page, web)
+    for corner in "ABCD":
+        before = page.execute_script("return mvae.melodies")
+        page.find_element(By.ID, "sample").click()
+        wait_for(lambda before=before: page.execute_script("return mvae.melodies") > before)
+        page.find_element(By.CSS_SELECTOR, f"[data-slot={corner}] [data-action=store]").click()
+    wait_for(lambda: set(client.slots) == set("ABCD"))
+    slots = {name: z.copy() for name, z in client.slots.items()}
+    assert not np.allclose(slots["A"], slots["B"])
+    Select(page.find_element(By.ID, "pad-mode")).select_by_value("corners")
+    pad = page.find_element(By.ID, "pad")
+    size = pad.size["width"]
+    ActionChains(page).move_to_element_with_offset(pad, size // 4, -size // 8).click().perform()
+    value = page.execute_script("return mvae.pad.value()")
+    x, y = value["x"], value["y"]
+    assert 0.6 < x < 0.9 and 0.3 < y < 0.5  # right of the centre, a little above
+    blend = ((1 - x) * (1 - y) * slots["A"] + x * (1 - y) * slots["B"]
+             + (1 - x) * y * slots["C"] + x * y * slots["D"])
+    wait_for(lambda: np.allclose(client.z, blend, atol=1e-5))
+    wait_for(lambda: shows_melody_of_state(page, web, vae))
+    page.find_element(By.CSS_SELECTOR, "[data-slot=B] [data-action=recall]").click()
+    wait_for(lambda: np.allclose(client.z, slots["B"], atol=1e-9))
+    wait_for(lambda: shows_melody_of_state(page, web, vae))
+
+
 def test_play_schedules_the_melody_in_time(page: WebDriver) -> None:
     qpm = 150
     page.find_element(By.ID, "qpm").send_keys(Keys.CONTROL, "a")
