@@ -46,6 +46,7 @@ def chromium(width: int = 1400, height: int = 900) -> tuple[WebDriver, str]:
     for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}",
                  f"--window-size={width},{height}"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console
     service = Service(shutil.which("chromedriver") or "/usr/bin/chromedriver")
     return webdriver.Chrome(options=options, service=service), profile
 
@@ -73,12 +74,16 @@ def driver() -> Iterator[WebDriver]:
 
 
 @pytest.fixture
-def page(driver: WebDriver, web: WebServer) -> WebDriver:
-    """The page freshly opened, connected, with its first melody drawn."""
+def page(driver: WebDriver, web: WebServer) -> Iterator[WebDriver]:
+    """The page freshly opened, connected, with its first melody drawn; afterwards, its
+    console must hold no errors."""
     driver.set_window_size(1400, 900)
     driver.get(web.url)
     wait_for(lambda: driver.execute_script("return window.mvae && mvae.melodies > 0"))
-    return driver
+    yield driver
+    errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"
+              and "/upload?" not in e["message"]]  # a refused upload answers 400
+    assert not errors, errors
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 15.0) -> Any:
@@ -294,3 +299,22 @@ def test_the_page_fits_a_phone(page: WebDriver, tmp_path: Path) -> None:
     before = page.execute_script("return mvae.melodies")
     ActionChains(page).move_to_element_with_offset(pad, 20, -30).click().perform()
     wait_for(lambda: page.execute_script("return mvae.melodies") > before)
+
+
+def test_a_model_without_latent_axes_gets_the_corner_pad(driver: WebDriver,
+                                                        tmp_path: Path) -> None:
+    from conftest import make_checkpoint
+
+    tiny = MelodyVAE.load(make_checkpoint(tmp_path / "tiny.safetensors"), device="cpu")
+    with OscServer(tiny, port=0) as osc_server, \
+            WebServer(osc_server.core, WebOptions(port=0)) as server:
+        driver.get(server.url)
+        wait_for(lambda: driver.execute_script("return window.mvae && mvae.melodies > 0"))
+        assert driver.execute_script("return mvae.pad.mode") == "corners"
+        assert not driver.find_element(By.ID, "axis-x").is_displayed()
+        assert not driver.find_elements(By.CSS_SELECTOR, "#sliders input")
+        assert "no latent axes" in driver.find_element(By.ID, "status").text
+        before = driver.execute_script("return mvae.melodies")
+        driver.find_element(By.ID, "sample").click()
+        wait_for(lambda: driver.execute_script("return mvae.melodies") > before)
+        assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]

@@ -197,6 +197,11 @@ function buildAxes(hello) {
   sy.replaceChildren();
   $("sliders").replaceChildren();
   state.pcs = axes ? axes.pcs.map(() => 0) : [];
+  // a model without latent axes has no pad axes and no sliders: the pad morphs corners
+  for (const element of [sx.parentElement, sy.parentElement, $("attributes-title")]) {
+    element.hidden = !axes;
+  }
+  $("pad-mode").querySelector("option[value=axes]").disabled = !axes;
   if (!axes) {
     $("pad-mode").value = "corners";
     pad.setMode("corners");
