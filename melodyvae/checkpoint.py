@@ -348,14 +348,16 @@ def _read_header(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str
             size = int.from_bytes(f.read(8), "little")
             if size <= 0 or size > min(MAX_HEADER_BYTES, info.st_size - 8):
                 raise CheckpointError(
-                    f"{path}: not a safetensors file (or truncated): header of {size} bytes "
-                    f"in a file of {info.st_size}, at most {MAX_HEADER_BYTES} allowed")
+                    f"{path}: not a model checkpoint (not a safetensors file, or a truncated "
+                    f"one): header of {size} bytes in a file of {info.st_size}, at most "
+                    f"{MAX_HEADER_BYTES} allowed")
             raw = f.read(size)
         except OSError as e:
             raise CheckpointError(f"{path}: cannot read ({e})") from e
     header = _load_json(raw, f"{path}: the safetensors header")
     if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: not a safetensors file (header is not an object)")
+        raise CheckpointError(
+            f"{path}: not a model checkpoint (its safetensors header is not an object)")
     meta = header.get("__metadata__")
     if not isinstance(meta, dict) or not isinstance(meta.get(METADATA_KEY), str):
         raise CheckpointError(f"{path}: a safetensors file, but not a melodyvae checkpoint")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from melodyvae.argtypes import non_negative_int, positive_int
 from melodyvae.errors import MelodyVAEError, UserError
+from melodyvae.presets import DEFAULT_MODEL
 
 PROG = "melodyvae"
 EXIT_USER_ERROR = 2
@@ -229,6 +230,9 @@ def cmd_models(args: argparse.Namespace) -> int:
         default = " (default)" if name == DEFAULT_MODEL else ""
         print(f"{name}{default}: {m['kind']}, {m['bars']} bars, latent {m['z_dim']}"
               + (f"; {summary}" if summary else ""))
+    from melodyvae.models import LICENCE
+
+    print(LICENCE)
     return 0
 
 
@@ -245,6 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="A melody VAE you play like an instrument: train it on MIDI, explore its "
                     "latent space, serve it over OSC.",
+        epilog="generate, interpolate, vary, encode, decode, score and serve run a model: "
+               "each takes --model NAME|FILE (a shipped name, see 'melodyvae models', or a "
+               f"checkpoint file; default {DEFAULT_MODEL}) and --device auto|cpu|cuda|mps. "
+               "evaluate and axes take the model as their first argument; train, evaluate "
+               "and axes take --device too. extract, corpus, models, render and transcribe "
+               "use no model. 'melodyvae COMMAND --help' says more.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -16,6 +16,10 @@ Conventions shared by the commands:
   (:meth:`melodyvae.inference.MelodyVAE.decode_batches`); a run is fixed by its seed (a
   seed is drawn and printed when none is given), so the same command with the same seed
   writes byte-identical files;
+* a batch (generate, interpolate, vary) writes PREFIX000.mid, ... into a folder, with
+  .wav and .png previews beside them when asked; a folder that already holds such a set
+  of the same prefix is refused, unless ``--force`` says to remove that set first (files
+  of other names stay);
 * MIDI files are written by :func:`melodyvae.midi.write_midi`: 480 ticks per quarter
   note, a tempo track and a piano track whose note-offs precede note-ons at the same tick.
 
@@ -30,6 +34,7 @@ import bisect
 import json
 import logging
 import math
+import re
 import secrets
 import sys
 from collections.abc import Sequence
@@ -38,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from melodyvae.argtypes import positive_int, real_number, whole_number
 from melodyvae.errors import UserError
+from melodyvae.pianoroll import roll_title
 from melodyvae.presets import CPU_BATCH, DEFAULT_MODEL, GPU_BATCH
 
 if TYPE_CHECKING:
@@ -50,9 +56,11 @@ _LOGGER = logging.getLogger(__name__)
 
 SCORE_BATCH = 256  # phrases scored together (teacher-forced, one pass)
 SYNTHS = ("auto", "fluidsynth", "builtin")
+SET_SUFFIXES = ("mid", "wav", "png")  # what a batch writes per melody
 
 
 _SEED = whole_number(0, 2**63 - 1)
+_STEPS = whole_number(2)  # an interpolation's two ends
 _NON_NEGATIVE = real_number(0.0)
 _TEMPO = real_number(10.0, 400.0, unit="qpm")
 
@@ -74,6 +82,30 @@ def _check_dir(path: Path) -> Path:
     if path.exists() and not path.is_dir():
         raise UserError(f"{path}: exists and is not a folder")
     return path
+
+
+def _batch_folder(args: argparse.Namespace) -> tuple[Path, list[Path]]:
+    """A batch's folder and the files of an earlier set there (PREFIX, digits, then .mid,
+    .wav or .png): refused unless ``--force`` says to replace them."""
+    out, prefix = _check_dir(args.out), args.prefix
+    if Path(prefix).name != prefix:
+        raise UserError(f"--prefix {prefix!r}: give the start of a file name (no folders)")
+    if not out.is_dir():
+        return out, []
+    pattern = re.compile(re.escape(prefix) + r"\d+\.(" + "|".join(SET_SUFFIXES) + ")")
+    earlier = sorted(p for p in out.iterdir() if p.is_file() and pattern.fullmatch(p.name))
+    if earlier and not args.force:
+        raise UserError(f"{out}: already holds {_count(len(earlier), 'file')} of an earlier "
+                        f"set ({prefix}*.mid and previews); --force replaces them, or choose "
+                        "another --out or --prefix")
+    return out, earlier
+
+
+def _remove_earlier(earlier: list[Path]) -> str:
+    """Remove an earlier set just before a new one is written; words for the summary."""
+    for path in earlier:
+        path.unlink(missing_ok=True)
+    return f"; removed {_count(len(earlier), 'file')} of an earlier set" if earlier else ""
 
 
 def _check_out_file(path: Path) -> None:
@@ -105,10 +137,18 @@ def load_model(args: argparse.Namespace) -> MelodyVAE:
     return MelodyVAE.load(args.model or DEFAULT_MODEL, device=args.device)
 
 
+def _left_out(vae: MelodyVAE, melody: Melody) -> tuple[int, int]:
+    """Bars and notes of a melody past the model's phrase, which the model does not hear."""
+    bars = max(0, melody.n_bars - vae.bars)
+    return bars, sum(1 for note in melody.notes if note.start >= vae.steps)
+
+
 def _phrase_note(vae: MelodyVAE, melody: Melody) -> str:
     """Words on how a melody was fitted to the model's phrase length."""
     if melody.total_steps > vae.steps:
-        return f"used its first {vae.bars} of {melody.n_bars} bars"
+        bars, notes = _left_out(vae, melody)
+        return (f"used its first {vae.bars} of {melody.n_bars} bars; the "
+                f"{_count(bars, 'bar')} after ({_count(notes, 'note')}) left out")
     if melody.total_steps < vae.steps:
         return f"padded {melody.n_bars} bars with rests to {vae.bars}"
     return f"{vae.bars} bars"
@@ -189,7 +229,7 @@ def _write_batch(vae: MelodyVAE, z: np.ndarray, args: argparse.Namespace, seed: 
                 melody = vae.melody_from_tokens(row, qpm)
                 name = f"{stem}{index:0{width}d}"
                 writer.write(melody, out / f"{name}.mid",
-                             f"{name}  ({vae.name}, temperature {args.temperature:g})")
+                             roll_title(name, vae.name, args.temperature, seed))
                 index += 1
                 bar.update(1)
     return writer
@@ -224,6 +264,10 @@ def _sampling_options(p: argparse.ArgumentParser, temperature: float) -> None:
 def _batch_options(p: argparse.ArgumentParser, prefix: str) -> None:
     p.add_argument("--prefix", default=prefix,
                    help=f"start of each file name (default {prefix!r}: {prefix}000.mid, ...)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an earlier set in the folder: its PREFIX###.mid files and "
+                        "their .wav and .png previews (without --force a folder holding "
+                        "such files is refused; other files are left alone)")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help=f"melodies worked on at once (default {CPU_BATCH} on a CPU, "
                         f"{GPU_BATCH} on a GPU); part of what a seed repeats")
@@ -261,14 +305,15 @@ def _input_tempo_option(p: argparse.ArgumentParser, also_output: bool) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    out = _check_dir(args.out)
+    out, earlier = _batch_folder(args)
     _check_synth(args)
     seed = _resolve_seed(args.seed)
     vae = load_model(args)
     z = vae.sample_z(args.n, seed)
+    removed = _remove_earlier(earlier)
     writer = _write_batch(vae, z, args, seed, out, args.prefix, args.qpm, "generating")
     print(f"{out}: {writer.summary()} of {vae.bars} bars from {vae.name} "
-          f"(temperature {args.temperature:g}, seed {seed})")
+          f"(temperature {args.temperature:g}, seed {seed}){removed}")
     return 0
 
 
@@ -281,7 +326,7 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-n", type=positive_int, default=8, metavar="N",
                    help="how many melodies (default 8)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR",
-                   help="folder to write into (made if missing)")
+                   help="folder to write into (made if missing; see --force)")
     p.add_argument("--qpm", type=_TEMPO, default=120.0,
                    help="tempo of the files in quarter notes per minute (default 120)")
     _sampling_options(p, 0.5)
@@ -294,10 +339,8 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_interpolate(args: argparse.Namespace) -> int:
     from melodyvae.inference import read_melody
 
-    if args.steps < 2:
-        raise UserError("--steps must be at least 2 (the two ends)")
     _check_files(args.start, args.end)
-    out = _check_dir(args.out)
+    out, earlier = _batch_folder(args)
     _check_synth(args)
     seed = _resolve_seed(args.seed)
     vae = load_model(args)
@@ -305,11 +348,16 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     b, _ = read_melody(args.end, args.qpm)
     z = vae.interpolation(a, b, args.steps, "lerp" if args.lerp else "slerp")
     qpm = args.qpm or a.qpm
+    removed = _remove_earlier(earlier)
     writer = _write_batch(vae, z, args, seed, out, args.prefix, qpm, "interpolating")
     how = "straight line" if args.lerp else "great circle (slerp)"
+    fitted = "".join(f"; {path.name}: {_phrase_note(vae, melody)}"
+                     for path, melody in ((args.start, a), (args.end, b))
+                     if melody.total_steps != vae.steps)
     print(f"{out}: {writer.summary()} from {args.start.name} to {args.end.name} along a "
           f"{how} in {vae.name}'s latent space"
-          + (f" (temperature {args.temperature:g}, seed {seed})" if args.temperature else ""))
+          + (f" (temperature {args.temperature:g}, seed {seed})" if args.temperature else "")
+          + fitted + removed)
     return 0
 
 
@@ -322,8 +370,8 @@ def _interpolate_parser(sub: argparse._SubParsersAction) -> None:
                     "first phrase (the model's number of bars) is used.")
     p.add_argument("start", type=Path, metavar="A.mid", help="where the morph starts")
     p.add_argument("end", type=Path, metavar="B.mid", help="where it ends")
-    p.add_argument("--steps", type=positive_int, default=5, metavar="K",
-                   help="melodies to write, both ends included (default 5)")
+    p.add_argument("--steps", type=_STEPS, default=5, metavar="K",
+                   help="melodies to write, both ends included: at least 2 (default 5)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write")
     p.add_argument("--lerp", action="store_true",
                    help="walk a straight line between the two (default: a great-circle arc, "
@@ -342,16 +390,18 @@ def cmd_vary(args: argparse.Namespace) -> int:
     from melodyvae.inference import read_melody, vary
 
     _check_files(args.input)
-    out = _check_dir(args.out)
+    out, earlier = _batch_folder(args)
     _check_synth(args)
     seed = _resolve_seed(args.seed)
     vae = load_model(args)
     melody, source = read_melody(args.input, args.qpm)
     z = vary(vae.encode(melody), args.amount, seed, args.n).astype(np.float32)
+    removed = _remove_earlier(earlier)
     writer = _write_batch(vae, z, args, seed, out, args.prefix, args.qpm or melody.qpm,
                           "varying")
     print(f"{out}: {writer.summary()} varying {args.input.name} ({source}; "
-          f"{_phrase_note(vae, melody)}) by {args.amount:g} with {vae.name} (seed {seed})")
+          f"{_phrase_note(vae, melody)}) by {args.amount:g} with {vae.name} (seed "
+          f"{seed}){removed}")
     return 0
 
 
@@ -386,17 +436,23 @@ def cmd_encode(args: argparse.Namespace) -> int:
     melody, source = read_melody(args.input, args.qpm)
     z = vae.encode(melody)
     doc = {"model": vae.name, "input": str(args.input), "bars": vae.bars,
-           "z": [float(v) for v in z]}
+           "input_bars": melody.n_bars, "z": [float(v) for v in z]}
     text = json.dumps(doc)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
         print(f"{args.out}: {vae.z_dim}-number latent vector of {args.input.name} "
               f"({source}; {_phrase_note(vae, melody)}) in {vae.name}")
-    elif args.json:
+        return 0
+    if args.json:
         print(text)
     else:
         print(" ".join(f"{v:.6f}" for v in z))
+    bars, notes = _left_out(vae, melody)
+    if notes:  # said beside the numbers, so that stdout stays what scripts read
+        print(f"melodyvae: note: {args.input.name}: encoded bars 1-{vae.bars} of "
+              f"{melody.n_bars} ({vae.name}'s phrase); the {_count(bars, 'bar')} after "
+              f"({_count(notes, 'note')}) left out", file=sys.stderr)
     return 0
 
 
@@ -405,7 +461,8 @@ def _encode_parser(sub: argparse._SubParsersAction) -> None:
         "encode", help="print a melody's position in the latent space",
         description="Place a melody (MIDI, or a recording transcribed first) in the model's "
                     "latent space and print the numbers: the mean of what the encoder "
-                    "hears. Only the first phrase (the model's number of bars) is used. "
+                    "hears. Only the first phrase (the model's number of bars) is used; "
+                    "a note on standard error says how many bars past it were left out. "
                     "'melodyvae decode' turns the numbers back into music.")
     p.add_argument("input", type=Path, metavar="IN.mid|IN.wav")
     p.add_argument("--json", action="store_true",
@@ -465,7 +522,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
                                chunk_seed(seed, 0)).cpu().numpy()
     melody = vae.melody_from_tokens(tokens[0], args.qpm)
     writer = _Writer(args, vae.name)
-    writer.write(melody, args.out, f"{args.out.stem}  ({vae.name})")
+    writer.write(melody, args.out, roll_title(args.out.stem, vae.name, args.temperature, seed))
     extras = []
     if writer.counts["wav"]:
         extras.append(f"{args.out.with_suffix('.wav').name} ({writer.rendered_with})")
@@ -605,7 +662,8 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     if args.png:
         from melodyvae.pianoroll import save_pianoroll
 
-        save_pianoroll(result.melody, args.output.with_suffix(".png"), args.output.stem)
+        save_pianoroll(result.melody, args.output.with_suffix(".png"), roll_title(
+            args.output.stem, source=f"transcribed from {args.input.name} at {result.qpm:g} qpm"))
     channels = {1: "mono", 2: "stereo"}.get(result.channels, f"{result.channels}-channel")
     how = "estimated" if result.tempo_estimated else "given"
     print(f"{args.output}: {len(result.melody.notes)} notes, {result.melody.n_bars} bars at "

@@ -97,8 +97,13 @@ def pick_device(name: str = "auto") -> torch.device:
         raise DeviceError(f"unknown device {name!r} (auto, cpu, cuda or mps)") from e
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device {name}: no CUDA device is available")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise DeviceError(f"device {name}: this machine has {torch.cuda.device_count()} "
+                          "CUDA devices (cuda:0 is the first)")
     if device.type == "mps" and not _mps_available():
         raise DeviceError(f"device {name}: no MPS device is available")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"device {name}: melodyvae runs on cpu, cuda or mps")
     return device
 
 
@@ -137,13 +142,13 @@ def read_melody(path: str | os.PathLike[str], qpm: float | None = None, *,
     size or header, before they are read.
     """
     from melodyvae import limits
-    from melodyvae.audio import AUDIO_SUFFIXES, looks_like_audio
+    from melodyvae.audiofile import AUDIO_SUFFIXES, looks_like_audio
 
     follow = root is None
     audio = (Path(path).suffix.lower() in AUDIO_SUFFIXES if root is not None
              else looks_like_audio(path))
     if audio:
-        from melodyvae.audio import ANALYSIS_SAMPLE_RATE, transcribe_array
+        from melodyvae.transcribe import ANALYSIS_SAMPLE_RATE, transcribe_array
 
         sound = limits.read_audio_mono(
             path, target_rate=ANALYSIS_SAMPLE_RATE, root=root, follow_links=follow,

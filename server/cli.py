@@ -45,8 +45,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="send replies to this host instead of the sender's")
     p.add_argument("--reply-port", type=_PORT, default=None, metavar="P",
                    help="send replies to this port instead of the sender's")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
-                   help="auto takes CUDA, then MPS, then the CPU (auto)")
+    p.add_argument("--device", default="auto",
+                   help="auto takes CUDA, then MPS, then the CPU; or cpu, cuda, cuda:N, mps "
+                        "(auto)")
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="CPU threads for the model (torch's default)")
     p.add_argument("--allow-dir", type=_folder, default=None, metavar="DIR",

@@ -38,6 +38,13 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu",
                   "--disable-sync", "--no-first-run", "--disable-dev-shm-usage", "--mute-audio")
 
 
+# Like the other tests of outside programs: skipped, with the reason shown, where install.sh
+# was run with --no-system or on a system without these packages
+pytestmark = pytest.mark.skipif(
+    shutil.which("chromium") is None or shutil.which("chromedriver") is None,
+    reason="Chromium and its WebDriver (Debian: chromium chromium-driver) not installed")
+
+
 def chromium(width: int = 1400, height: int = 900) -> tuple[WebDriver, str]:
     """Debian's Chromium, headless, with a fresh profile folder (returned for removal)."""
     profile = tempfile.mkdtemp(prefix="mvae-chromium-")

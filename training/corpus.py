@@ -32,8 +32,8 @@ import numpy as np
 from tqdm import tqdm
 
 from melodyvae.errors import MelodyVAEError
-from melodyvae.melody import REST, Melody, MelodyError, Note, to_tokens
-from melodyvae.midi import MidiError, read_midi
+from melodyvae.melody import Melody, MelodyError, Note, to_tokens
+from melodyvae.midi import MIDI_SUFFIXES, MidiError, read_midi
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -47,7 +47,6 @@ MAX_REPEAT_EXPANSION = 4.0  # a tune whose repeats expand it past this many time
 # comes from variation parts or repeat fields that music21 unrolls over and over
 MAX_WINDOWS_PER_TUNE = 48  # phrases one tune may give at most (after exact duplicates go)
 BALANCE_TOP = 10  # tunes listed in the build report's balance
-MIDI_SUFFIXES = (".mid", ".midi", ".kar", ".smf")
 
 
 class CorpusError(MelodyVAEError, ValueError):
@@ -572,7 +571,3 @@ def _tunes_from_arrays(
         )
         tunes.append(Tune(name, melody, notated))
     return tunes
-
-
-def is_silent(tokens: np.ndarray) -> bool:
-    return bool(np.all((tokens == REST) | (tokens == 0)))

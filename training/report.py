@@ -75,12 +75,17 @@ def build_report(vae: MelodyVAE, corpus: Corpus, out: Path, n_samples: int = 100
     try:
         from melodyvae import pianoroll
 
-        pianoroll.plot_melodies(vae.decode(vae.sample_z(4, seed), 1.0, seed),
-                                out / "samples.png", titles=[f"sample {i + 1}" for i in range(4)])
+        pianoroll.plot_melodies(
+            vae.decode(vae.sample_z(4, seed), 1.0, seed), out / "samples.png",
+            titles=[pianoroll.roll_title(f"sample {i + 1}", vae.name, 1.0, seed)
+                    for i in range(4)])
         a, b = (vae.melody_from_tokens(t) for t in test[rng.choice(len(test), 2)])
         steps = vae.interpolate(a, b, 5)
-        pianoroll.plot_melodies(steps, out / "interpolation.png",
-                                titles=[f"step {i + 1}/5" for i in range(5)])
+        pianoroll.plot_melodies(
+            steps, out / "interpolation.png",
+            titles=[pianoroll.roll_title(f"step {i + 1}/5", vae.name,
+                                         source="between two held-out phrases")
+                    for i in range(5)])
     except ImportError:
         _LOGGER.warning("no piano-roll module; skipping piano rolls")
     (out / "report.json").write_text(json.dumps(report, indent=1))

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from melodyvae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from melodyvae.errors import MelodyVAEError
+from melodyvae.inference import pick_device
 from melodyvae.melody import VOCAB_SIZE
 from melodyvae.model import VAE, vae_loss
 from melodyvae.presets import Preset, TrainConfig
@@ -93,16 +94,6 @@ class RunOptions:
     eval_phrases: int = 512
     progress: bool = True
     bf16: bool | None = None  # bf16 autocast; None: on CUDA, and on CPUs with native bf16
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
 
 
 def use_bf16(device: torch.device) -> bool:
