@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import random
 import threading
 import time
@@ -364,6 +365,8 @@ class ServerCore:
         tags = args.message.tags
         if tags.strip("ifs"):
             raise args.error("ping echoes only int, float and string arguments")
+        if any(t == "f" and not math.isfinite(v) for t, v in zip(tags, args.values, strict=True)):
+            raise args.error("ping echoes only finite numbers")
         self.send(encode_message(f"{PREFIX}/pong", tags, list(args.values)), client.key)
 
     def _status(self, client: ClientState, args: Args) -> None:
