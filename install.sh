@@ -36,7 +36,7 @@ arch="$(uname -m)"
 # ---------------------------------------------------------------- 1. system packages
 if [ "$system" = 1 ]; then
     if [ "$os" = Linux ] && command -v apt-get >/dev/null; then
-        say "Debian packages: liblo-tools puredata-core supercollider-language fluidsynth python3-venv"
+        say "Debian packages: liblo-tools puredata-core supercollider-language fluidsynth python3-venv chromium chromium-driver"
         sudo=""
         if [ "$(id -u)" != 0 ]; then
             if ! command -v sudo >/dev/null; then
@@ -48,7 +48,7 @@ if [ "$system" = 1 ]; then
         export DEBIAN_FRONTEND=noninteractive
         $sudo apt-get update -q
         $sudo apt-get install -y -q --no-install-recommends liblo-tools puredata-core \
-            supercollider-language fluidsynth python3 python3-venv
+            supercollider-language fluidsynth python3 python3-venv chromium chromium-driver
     elif [ "$os" = Darwin ]; then
         if ! command -v brew >/dev/null; then
             echo "install.sh: install Homebrew first (https://brew.sh), or pass --no-system" >&2

@@ -250,12 +250,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     tokens = load_eval_data(args.data, vae.bars, args.split)
     metrics = {"model": vae.name, "data": str(args.data),
                **evaluate_tokens(vae.model, tokens, args.batch_size)}
+    music = None
+    if args.music:
+        from melodyvae.training.evaluate import music_lines, music_measures, train_phrases
+
+        music = music_measures(vae, tokens, train_phrases(args.data, vae.bars), args.samples)
     if args.json:
-        print(json.dumps(metrics))
+        print(json.dumps(metrics if music is None else {**metrics, "music": music}))
     else:
         for key, value in metrics.items():
             print(f"{key:>26}: {value:.4f}" if isinstance(value, float) else
                   f"{key:>26}: {value}")
+        for line in music_lines(music) if music else []:
+            print(line)
     return 0
 
 
@@ -271,6 +278,11 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda or mps")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads")
+    p.add_argument("--music", action="store_true",
+                   help="add the musical measures (docs/measures.md): note F1, key fit, "
+                        "degenerate share, ... beside the data and a Markov baseline")
+    p.add_argument("--samples", type=positive_int, default=1000,
+                   help="prior samples per temperature with --music (1000)")
     p.set_defaults(func=cmd_evaluate)
 
 

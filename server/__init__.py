@@ -12,4 +12,5 @@ files.py     /mvae/encode/file inside --allow-dir, on its own thread
 core.py      dispatch: addresses to handlers, replies, stats; no socket (tests drive it)
 app.py       the UDP socket, threads and process lifecycle (``melodyvae serve``)
 cli.py       the ``serve`` subcommand's arguments
+web.py       ``serve --web``: the browser page (static/) and its WebSockets, one client each
 """

@@ -31,6 +31,7 @@ from melodyvae.server.state import Addr
 
 if TYPE_CHECKING:
     from melodyvae.inference import MelodyVAE
+    from melodyvae.server.web import WebOptions
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -165,6 +166,7 @@ class ServeOptions:
     device: str = "auto"
     threads: int | None = None
     config: ServerConfig = ServerConfig()
+    web: WebOptions | None = None  # also serve the browser page (server/web.py)
 
 
 def warm_up(vae: MelodyVAE, max_batch: int = 4) -> float:
@@ -213,15 +215,23 @@ def serve(options: ServeOptions) -> int:
         sock.close()
         raise ServerStartError(f"--reply-port {port} is the port the server listens on; "
                                "its replies would come back to it")
+    web_sock = None
     try:
+        if options.web is not None:
+            from melodyvae.server.web import bind as bind_web
+
+            web_sock = bind_web(options.web.host, options.web.port)
         set_threads(options.threads)
         vae = MelodyVAE.load(options.model, device=options.device)
         seconds = warm_up(vae)
     except BaseException:
         sock.close()
+        if web_sock is not None:
+            web_sock.close()
         raise
     _LOGGER.info("warmed up in %.2f s", seconds)
     server = OscServer(vae, options.host, options.port, config, sock)
+    web = None
 
     stop = threading.Event()
 
@@ -244,10 +254,18 @@ def serve(options: ServeOptions) -> int:
                   f"are read only from loopback and --allow-from networks ({nets}), and an "
                   "address there gets melodies only once it has echoed /mvae/verify "
                   "(docs/osc.md, Safety)", file=sys.stderr, flush=True)
+        if options.web is not None and web_sock is not None:
+            from melodyvae.server.web import WebServer, describe
+
+            web = WebServer(server.core, options.web, web_sock).start()
+            for line in describe(web):
+                print(f"melodyvae: {line}", flush=True)
         while not stop.wait(0.5):
             pass
         print("melodyvae: stopping", file=sys.stderr, flush=True)
     finally:
+        if web is not None:
+            web.close()
         server.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -57,18 +57,23 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-clients", type=positive_int, default=64, metavar="N",
                    help="clients remembered; the least recently heard is forgotten (64)")
     p.add_argument("--allow-from", type=_network, action="append", default=[],
-                   metavar="NET", help="read datagrams from this network too (e.g. "
-                   "192.168.1.0/24; repeat for more); loopback always, nothing else by "
-                   "default")
+                   metavar="NET", help="read datagrams, and serve the --web page, from this "
+                   "network too (e.g. 192.168.1.0/24; repeat for more); loopback always, "
+                   "nothing else by default")
     p.add_argument("--lease", type=_LEASE, default=600.0, metavar="S",
                    help="a playing stream ends after this long without a message from its "
                    "client (600)")
+    p.add_argument("--web", type=_PORT, nargs="?", const=8000, default=None, metavar="PORT",
+                   help="also serve a control page for the browser on this TCP port (8000; "
+                   "0 = any free), on --host; its address, with an access token, is printed "
+                   "at start")
     p.set_defaults(func=cmd_serve)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from melodyvae.server.app import ServeOptions, serve
     from melodyvae.server.core import ServerConfig
+    from melodyvae.server.web import WebOptions
 
     config = ServerConfig(
         reply_host=args.reply_host, reply_port=args.reply_port or None,
@@ -76,5 +81,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         lookahead=args.lookahead / 1000.0, allow_from=tuple(args.allow_from),
         lease=args.lease,
     )
+    web = None if args.web is None else WebOptions(args.host, args.web)
     return serve(ServeOptions(args.model, args.host, args.port, args.device, args.threads,
-                              config))
+                              config, web))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import random
 import threading
 import time
@@ -71,10 +72,12 @@ QPM_RANGE = (20.0, 400.0)
 MAX_LOOKAHEAD_MS = 2000.0
 MAX_BEATS = 10_000.0  # note-list start and duration limit, in beats
 MAX_NAME = 64  # characters of a slot name
+MAX_AXES_SET = 16  # (name, value) pairs one /mvae/axis may set
 MAX_PATH = 1024
 MAX_PING_ARGS = 16  # arguments /mvae/ping echoes back in /mvae/pong
 MAX_Z = 50.0  # |value| of a latent dimension sent by /mvae/z or /mvae/z/i (z ~ N(0, I))
 REPLY_ADDRESS = f"{PREFIX}/reply"
+ATTACHED_HOST = "tab"  # host part of the keys of attached clients (never a UDP address)
 CORNERS = ("A", "B", "C", "D")  # /mvae/blend slots: (0,0) (1,0) (0,1) (1,1)
 
 
@@ -123,6 +126,8 @@ class ServerCore:
         self.random = random.Random()  # seeds for /mvae/sample and /mvae/vary without one
         self.received = 0  # datagrams handled
         self.errors = 0  # /mvae/error replies sent
+        # Clients on another transport (browser tabs, web.py): replies go to their callable
+        self.attached: dict[Addr, Callable[[bytes], None]] = {}
         self.handlers: dict[str, Handler] = {
             f"{PREFIX}/{name}": handler for name, handler in (
                 ("ping", self._ping), ("status", self._status), ("stats", self._stats),
@@ -156,7 +161,12 @@ class ServerCore:
     def send(self, data: bytes, addr: Addr) -> None:
         """Send one datagram if the guard lets it go (a trusted destination, under its byte
         cap, not the server itself); safe from any thread; a failed send is logged, not
-        raised."""
+        raised. An attached client's replies go to it (a gone one's are dropped)."""
+        if addr[0] == ATTACHED_HOST:
+            deliver = self.attached.get(addr)
+            if deliver is not None:
+                deliver(data)
+            return
         if not self.guard.trusted(addr) or not self.guard.may_send(len(data), addr):
             return
         self._send_raw(data, addr)
@@ -170,6 +180,8 @@ class ServerCore:
 
     def reply_to(self, sender: Addr) -> Addr:
         """Where replies to ``sender`` go (and so which client it is)."""
+        if sender in self.attached:
+            return sender
         port = self.routes.get(sender) or self.config.reply_port or sender[1]
         return (self.config.reply_host or sender[0], port)
 
@@ -279,6 +291,21 @@ class ServerCore:
             _LOGGER.exception("handling %s failed", message.address)
             self.error(dest, message.address, f"internal error: {type(e).__name__}: {e}")
 
+    def attach(self, key: Addr, deliver: Callable[[bytes], None]) -> None:
+        """A client on another transport, ``key`` = (ATTACHED_HOST, number): its replies go
+        to ``deliver`` (called from any thread), its messages come in through
+        :meth:`handle_message` with ``key`` as the sender."""
+        self.attached[key] = deliver
+
+    def detach(self, key: Addr) -> None:
+        """Forget an attached client (its connection closed)."""
+        self.attached.pop(key, None)
+        with self.lock:
+            client = self.clients.pop(key)
+        self.engine.forget(key, client)
+        self.player.stop(key)
+        self.live.forget(key)
+
     def client(self, key: Addr) -> ClientState:
         client = self.clients.get(key)
         if client is None:
@@ -338,6 +365,8 @@ class ServerCore:
         tags = args.message.tags
         if tags.strip("ifs"):
             raise args.error("ping echoes only int, float and string arguments")
+        if any(t == "f" and not math.isfinite(v) for t, v in zip(tags, args.values, strict=True)):
+            raise args.error("ping echoes only finite numbers")
         self.send(encode_message(f"{PREFIX}/pong", tags, list(args.values)), client.key)
 
     def _status(self, client: ClientState, args: Args) -> None:
@@ -403,9 +432,18 @@ class ServerCore:
         self._decode(client, args.message.address)
 
     def _axis(self, client: ClientState, args: Args) -> None:
-        args.count(2)
-        name = args.string(0, "name", MAX_NAME)
-        client.set_axis(name, args.number(1, "value", -MAX_AXIS, MAX_AXIS))
+        n = args.count(2, 2 * MAX_AXES_SET)
+        if n % 2:
+            raise args.error(f"expects (name, value) pairs; got {n} arguments")
+        pairs = [(args.string(i, "name", MAX_NAME),
+                  args.number(i + 1, "value", -MAX_AXIS, MAX_AXIS)) for i in range(0, n, 2)]
+        self.axes.require()
+        for name, _ in pairs:  # every name checked before any is set
+            if name not in self.axes.names:
+                raise AxesError(f"unknown axis {name!r}; the model has: "
+                                f"{', '.join(self.axes.names)}")
+        for name, value in pairs:
+            client.set_axis(name, value)
         self._decode(client, args.message.address)
 
     def _axes(self, client: ClientState, args: Args) -> None:

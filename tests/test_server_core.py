@@ -334,6 +334,22 @@ def test_xy_and_axes_follow_the_documented_rule(vae_axes: MelodyVAE) -> None:
     assert "unknown axis 'nope'" in wire.error()
 
 
+def test_axis_sets_several_pairs_at_once_or_none(vae_axes: MelodyVAE) -> None:
+    wire = Wire(vae_axes)
+    client = wire.core.client(CLIENT)
+    wire.send("/mvae/axis", "pc4", 1.5, "pc7", -0.5, "mean_pitch", 0.25)
+    assert len(wire.melodies()) == 1  # one melody for the three
+    assert (client.pcs[3], client.pcs[6]) == (1.5, -0.5)
+    assert client.amounts == {"mean_pitch": 0.25}
+    wire.send("/mvae/axis", "pc1", 2.0, "nope", 1.0)
+    assert "unknown axis 'nope'" in wire.error()
+    assert client.pcs[0] == 0.0  # nothing was set
+    wire.send("/mvae/axis", "pc1", 2.0, "pc2")
+    assert "(name, value) pairs" in wire.error()
+    wire.send("/mvae/axis", *(["pc1", 1.0] * 17))
+    assert "expects 2 to 32 arguments" in wire.error()
+
+
 def test_a_full_vector_is_kept_exactly_and_then_moved_along_axes(
         vae_axes: MelodyVAE) -> None:
     wire = Wire(vae_axes)

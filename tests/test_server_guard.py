@@ -268,6 +268,17 @@ def test_fuzz_extreme_numbers_and_strings_on_every_address(
     assert np.all(np.abs(z) < 1e4), z  # a few dozen at most in any legal use
 
 
+def test_ping_refuses_to_echo_numbers_that_are_not_finite(vae: MelodyVAE) -> None:
+    wire = Wire(vae)
+    wire.send("/mvae/ping", 1.5, "x", 3)
+    assert [(a, args) for a, args, _ in wire.replies()] == [("/mvae/pong", (1.5, "x", 3))]
+    for bad in (math.inf, -math.inf, math.nan):
+        wire.send("/mvae/ping", 1.0, bad)
+        (address, args, _), = wire.replies()
+        assert address == "/mvae/error" and args[0] == "/mvae/ping", args
+        assert "finite" in args[1]
+
+
 # ------------------------------------------------------------------ streams end
 
 
