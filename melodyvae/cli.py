@@ -202,8 +202,9 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     from melodyvae.phrase_inference import PhraseMelodyVAE
     from melodyvae.training.phrase import adapt, folder_phrases
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    # one thread unless asked: the phrase MLPs are too small for threads to pay, and on a
+    # busy 2-core machine two threads made the fit 4x slower (docs/phrase.md)
+    torch.set_num_threads(args.threads or 1)
     base = MelodyVAE.load(args.model, device="cpu")
     if not isinstance(base, PhraseMelodyVAE):
         raise UserError(f"{args.model}: not a phrase model (adapt fits a phrase level, e.g. "
@@ -230,7 +231,7 @@ def _adapt_parser(sub: argparse._SubParsersAction) -> None:
                    help="time for reading, encoding and fitting together; the fit stops "
                         "early when it runs out (50)")
     p.add_argument("--steps", type=positive_int, default=1000, help="most fit steps (1000)")
-    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (1)")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_adapt)
