@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from melodyvae import melody as _melody
 from melodyvae.errors import MelodyVAEError
 from melodyvae.model import VAE
-from melodyvae.phrase import PhraseConfig, PhraseVAE
+from melodyvae.phrase import PhraseConfig, PhraseVAE, forms_of
 from melodyvae.presets import ModelConfig, Preset, PresetError, TrainConfig
 
 FORMAT = "melodyvae-checkpoint"
@@ -181,6 +181,7 @@ PHRASE_BOUNDS: dict[str, tuple[int, int]] = {
     "w_dim": (1, 2048),
     "hidden": (1, 8192),
     "layers": (1, 8),
+    "forms": (0, 1),
 }
 MAX_PHRASE_BARS = 64  # sections x the section model's bars
 _STRING_FIELDS = {"format": 64, "preset": 200, "description": 4000, "name": 200}
@@ -330,7 +331,8 @@ def check_phrase_config(phrase: Any, section: ModelConfig) -> PhraseConfig:
         raise CheckpointError(f"phrase config must be an object, not {_short(phrase)}")
     names = [f.name for f in dataclasses.fields(PhraseConfig)]
     unknown = sorted(set(phrase) - set(names))
-    missing = [n for n in names if n not in phrase]
+    missing = [n for n in names if n not in phrase and n != "forms"]  # forms: 0 if absent
+    phrase = {"forms": 0, **phrase}
     if unknown or missing:
         raise CheckpointError(f"phrase config has unknown fields {unknown[:3]} or lacks "
                               f"{missing[:3]}")
@@ -374,6 +376,9 @@ def phrase_shapes(cfg: PhraseConfig) -> dict[str, tuple[int, ...]]:
     mlp("decoder", cfg.w_dim, cfg.sections * cfg.code_dim)
     shapes["code_mean"] = (cfg.code_dim,)
     shapes["code_std"] = (cfg.code_dim,)
+    if cfg.forms:
+        shapes["form_prior"] = (len(forms_of(cfg.sections)),)
+        shapes["form_threshold"] = ()
     return shapes
 
 
@@ -496,7 +501,7 @@ def _read_header(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str
                                           f"{_STRING_FIELDS[name]} characters")
             cfg = check_model_config(section.get("model"))
             check_train_config(section.get("train"))
-            latent = check_phrase_config(doc.get("phrase"), cfg).w_dim
+            latent = check_phrase_config(doc.get("phrase"), cfg).latent_dim
         else:
             cfg = check_model_config(doc.get("model"))
             check_train_config(doc.get("train"))
@@ -608,6 +613,13 @@ def load_phrase_checkpoint(path: str | os.PathLike[str], device: str | torch.dev
     model = VAE(preset.model)
     phrase = PhraseVAE(cfg)
     _load_weights(path, {SECTION_PREFIX: model, PHRASE_PREFIX: phrase})
+    if cfg.forms:
+        prior, threshold = phrase.form_prior, float(phrase.form_threshold)
+        if not (bool(torch.isfinite(prior).all()) and bool((prior >= 0).all())
+                and abs(float(prior.sum()) - 1.0) < 1e-3):
+            raise CheckpointError(f"{path}: the form prior is not a distribution")
+        if not 0.0 <= threshold <= 100.0:
+            raise CheckpointError(f"{path}: form threshold {threshold} outside [0, 100]")
     return PhraseCheckpoint(model.to(device).eval(), preset, phrase.to(device).eval(), doc)
 
 

@@ -154,9 +154,11 @@ def cmd_train_phrase(args: argparse.Namespace) -> int:
     train_cfg = PhraseTrainConfig(steps=args.steps, max_beta=args.beta, lr=args.lr)
     out = train_phrase_model(
         args.section, Path(args.data), Path(args.out),
-        {"w_dim": args.w_dim, "hidden": args.hidden, "layers": args.layers}, train_cfg,
+        {"w_dim": args.w_dim, "hidden": args.hidden, "layers": args.layers,
+         "forms": int(args.forms)}, train_cfg,
         codes_cache=Path(args.codes) if args.codes else None, seed=args.seed,
-        progress=not args.no_progress)
+        progress=not args.no_progress,
+        **({} if args.form_threshold is None else {"form_threshold": args.form_threshold}))
     print(f"phrase model written to {out}")
     return 0
 
@@ -178,6 +180,11 @@ def _train_phrase_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--w-dim", type=positive_int, default=128, help="phrase latent size (128)")
     p.add_argument("--hidden", type=positive_int, default=512, help="MLP width (512)")
     p.add_argument("--layers", type=positive_int, default=2, help="MLP hidden layers (2)")
+    p.add_argument("--no-forms", dest="forms", action="store_false",
+                   help="no form coordinate (which sections repeat which) beside w")
+    p.add_argument("--form-threshold", type=real_number(0.0, 10.0), default=None,
+                   help="standardised code distance under which a section counts as a repeat "
+                        "of another (0.35)")
     p.add_argument("--steps", type=positive_int, default=3000, help="optimizer steps (3000)")
     p.add_argument("--beta", type=real_number(0.0, 100.0), default=1.0,
                    help="final KL weight (1.0)")

@@ -63,7 +63,7 @@ class PhraseMelodyVAE(MelodyVAE):
 
     @property
     def z_dim(self) -> int:
-        return int(self.phrase.cfg.w_dim)
+        return int(self.phrase.cfg.latent_dim)
 
     @property
     def code_dim(self) -> int:
@@ -83,7 +83,7 @@ class PhraseMelodyVAE(MelodyVAE):
     def codes(self, w: np.ndarray | torch.Tensor) -> np.ndarray:
         """The section codes of phrase latents: (B, w_dim) or (w_dim,) -> (B, sections,
         code_dim) float32."""
-        return self.phrase.decode(self._w(w)).float().cpu().numpy()
+        return self.phrase.decode_latent(self._w(w)).float().cpu().numpy()
 
     def encode_codes(self, tokens: np.ndarray) -> np.ndarray:
         """The section model's posterior means of each section: (B, T) tokens ->
@@ -108,6 +108,11 @@ class PhraseMelodyVAE(MelodyVAE):
         phrase decoded as one batch by the section model."""
         codes = self._check_codes(codes)
         n = len(codes)
+        if temperature > 0:
+            # one set of draws per phrase, the same for each of its sections: a section
+            # whose code repeats an earlier one's is played again, as a repeat in a tune
+            return torch.cat([self.section.decode_tokens(codes[:, s], temperature, seed, cancel)
+                              for s in range(self.sections)], dim=1)  # (B, T)
         flat = codes.reshape(n * self.sections, self.code_dim)  # (B * sections, Z)
         tokens = self.section.decode_tokens(flat, temperature, seed, cancel)  # (B * sections, S)
         return tokens.reshape(n, self.steps)
@@ -152,15 +157,14 @@ class PhraseMelodyVAE(MelodyVAE):
         the sections enter as the section model's posterior means."""
         tokens = np.asarray(tokens.cpu() if isinstance(tokens, torch.Tensor) else tokens)
         codes = torch.as_tensor(self.encode_codes(tokens), device=self.device)
-        return self.phrase.encode(codes)
+        return self.phrase.encode_latent(codes)
 
     @torch.no_grad()
     def decode_tokens(self, z: np.ndarray | torch.Tensor, temperature: float = 0.0,
                       seed: int | None = None, cancel: Cancel | None = None) -> torch.Tensor:
         """(B, w_dim) phrase latents -> (B, T) tokens (w -> section codes -> one batch of
         section decodes). The same seed gives the same tokens."""
-        codes = self.phrase.decode(self._w(z)).float().cpu().numpy()
-        return self.decode_codes(codes, temperature, seed, cancel)
+        return self.decode_codes(self.codes(z), temperature, seed, cancel)
 
     def rolling(self) -> PhraseRolling | None:  # type: ignore[override]
         """A rolling decode of phrases (see :class:`PhraseRolling`), or None where the
@@ -182,7 +186,7 @@ class PhraseMelodyVAE(MelodyVAE):
         for start in range(0, len(tokens), batch_size):
             chunk = np.asarray(tokens[start : start + batch_size])
             mu, logvar = self.encode_tokens(chunk)
-            codes = self.phrase.decode(mu).reshape(-1, self.code_dim)  # (B * sections, Z)
+            codes = self.phrase.decode_latent(mu).reshape(-1, self.code_dim)  # (B * sections, Z)
             x = torch.as_tensor(chunk.reshape(-1, self.section.steps), dtype=torch.long,
                                 device=self.device)  # (B * sections, S)
             nll = reconstruction_nll(self.section.model.decoder(codes, x), x)
@@ -196,8 +200,8 @@ class PhraseRolling:
     """A :class:`melodyvae.decode.Rolling` decode of phrases: each phrase's sections join
     the section model's rolling batch together and the phrase comes back when all of them
     are done. Greedy phrases are the tokens :meth:`PhraseMelodyVAE.decode_tokens` gives;
-    sampled ones are fixed by their generator (each section draws with a generator seeded
-    from it), not equal to a batch decode's. Same interface as ``Rolling``."""
+    sampled ones are fixed by their generator (every section of a phrase draws the same
+    numbers from it), not equal to a batch decode's. Same interface as ``Rolling``."""
 
     def __init__(self, vae: PhraseMelodyVAE, inner: Rolling) -> None:
         self.vae = vae
@@ -226,8 +230,9 @@ class PhraseRolling:
         parts = []
         for (key, _, temperature, generator), phrase_codes in zip(phrases, codes, strict=True):
             self.drop(key)
-            seeds = (torch.randint(0, 2**62, (n,), generator=generator).tolist()
-                     if temperature > 0 else [None] * n)
+            seeds = (torch.randint(0, 2**62, (1,), generator=generator).tolist()
+                     if temperature > 0 else [None])
+            seeds = seeds[:1] * n  # one set of draws for every section of a phrase
             keys = []
             for s in range(n):
                 sub = self._next

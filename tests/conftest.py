@@ -31,7 +31,7 @@ def make_checkpoint(path: Path, preset_name: str = "tiny-hier-4bar", seed: int =
 
 
 def make_phrase_checkpoint(path: Path, section_preset: str = "tiny-hier-4bar", seed: int = 0,
-                           w_dim: int = 8, extra: dict | None = None) -> Path:
+                           w_dim: int = 8, extra: dict | None = None, forms: int = 0) -> Path:
     """A phrase model of four sections over an untrained tiny section model."""
     from melodyvae.checkpoint import save_phrase_checkpoint
     from melodyvae.phrase import PhraseConfig, PhraseVAE
@@ -44,7 +44,7 @@ def make_phrase_checkpoint(path: Path, section_preset: str = "tiny-hier-4bar", s
             if name.startswith("decoder.") and weight.dim() == 2:
                 weight.mul_(8.0)
     phrase = PhraseVAE(PhraseConfig(code_dim=preset.model.z_dim, w_dim=w_dim, hidden=16,
-                                    layers=1))
+                                    layers=1, forms=forms))
     with torch.no_grad():
         phrase.code_std.fill_(2.0)  # section codes spread enough to give varied notes
     save_phrase_checkpoint(path, section, preset, phrase, "tiny-phrase",

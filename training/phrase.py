@@ -137,6 +137,10 @@ def reconstruction_error(model: PhraseVAE, codes: np.ndarray) -> float:
 # ------------------------------------------------------------------ a phrase model from a corpus
 
 MAX_AXES_PHRASES = 20000  # phrases whose w the latent axes are computed from
+FORM_THRESHOLD = 0.35  # standardised RMS code distance under which a section repeats another
+# (docs/phrase.md: exact repeats of hier-4bar's test sections lie at 0, distinct sections at
+# 0.36 and above in 99 pairs of 100)
+ADAPT_FORM_WEIGHT = 4.0  # the base model's form prior counts as this many of a folder's phrases
 
 
 def phrase_axes(phrase: PhraseVAE, codes: np.ndarray, tokens: np.ndarray) -> dict[str, Any]:
@@ -147,8 +151,10 @@ def phrase_axes(phrase: PhraseVAE, codes: np.ndarray, tokens: np.ndarray) -> dic
     n = min(len(codes), MAX_AXES_PHRASES)
     pick = np.linspace(0, len(codes) - 1, n).round().astype(int)
     with torch.no_grad():
-        mu, _ = phrase.encode(torch.as_tensor(codes[pick], dtype=torch.float32))
-    return axes_document(mu.numpy(), tokens[pick])
+        mu, _ = phrase.encode_latent(torch.as_tensor(codes[pick], dtype=torch.float32))
+    means = mu.numpy()
+    means[:, phrase.cfg.w_dim:] = 0.0  # the axes and sliders move w only; the form stays
+    return axes_document(means, tokens[pick])
 
 
 def corpus_codes(section: MelodyVAE, tokens: np.ndarray, sections: int, desc: str,
@@ -163,7 +169,8 @@ def corpus_codes(section: MelodyVAE, tokens: np.ndarray, sections: int, desc: st
 
 def train_phrase_model(section_name: str, data: Path, out: Path, phrase_cfg: dict[str, int],
                        train_cfg: PhraseTrainConfig, codes_cache: Path | None = None,
-                       name: str | None = None, seed: int = 0, progress: bool = True) -> Path:
+                       name: str | None = None, seed: int = 0, progress: bool = True,
+                       form_threshold: float = FORM_THRESHOLD) -> Path:
     """Fit a phrase level over a section model on a long-phrase corpus and write the phrase
     model file (with latent axes over its phrase latent).
 
@@ -204,6 +211,8 @@ def train_phrase_model(section_name: str, data: Path, out: Path, phrase_cfg: dic
             bar.set_postfix(err=f"{row['err']:.1f}", kl=f"{row['kl']:.1f}")
 
         phrase, log = fit(tr, cfg, train_cfg, valid=va, seed=seed, progress=report)
+    if cfg.forms:
+        phrase.set_forms(torch.as_tensor(tr), form_threshold)
     name = name or out.stem
     extra = {
         "data": {"source": str(corpus.meta.get("source", data)), "corpus": data.name,
@@ -299,6 +308,11 @@ def adapt(base: PhraseMelodyVAE, folder: Path, out: Path, seconds: float = ADAPT
         phrase, log = fit(codes, base.phrase.cfg, train_cfg, seed=seed, start=base.phrase,
                           max_seconds=left, progress=report)
         bar.update(int(log[-1]["step"]) - bar.n)
+    if phrase.cfg.forms:  # the folder's forms, with the base model's as a few phrases more
+        counts = torch.bincount(phrase.form_index(torch.as_tensor(codes)),
+                                minlength=len(phrase.form_prior)).float()
+        prior = counts + ADAPT_FORM_WEIGHT * base.phrase.form_prior
+        phrase.form_prior.copy_(prior / prior.sum())
     summary = {"files": used, "phrases": len(tokens), "steps": int(log[-1]["step"]),
                "seconds": round(time.monotonic() - began, 1)}
     extra: dict[str, Any] = {key: base.info[key] for key in ("axes", "data")
