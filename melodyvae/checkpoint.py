@@ -113,7 +113,8 @@ def save_phrase_checkpoint(path: str | os.PathLike[str], section: VAE, section_p
     """Write a phrase model: the section model and the phrase VAE in one file (atomically).
 
     ``name`` and ``description`` name the phrase model; ``extra`` goes into the document
-    (``data``, ``training``, ``axes`` over the phrase latent, ...)."""
+    (``data``, ``training``, ``axes`` over the phrase latent, ...). The section model's
+    weights are stored as float16 when that loses nothing (a shipped model's are)."""
     doc: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -127,6 +128,9 @@ def save_phrase_checkpoint(path: str | os.PathLike[str], section: VAE, section_p
     doc.update(extra or {})
     tensors = {SECTION_PREFIX + k: v.detach().to("cpu").contiguous()
                for k, v in section.state_dict().items()}
+    if all(torch.equal(t.half().float(), t.float()) for t in tensors.values()
+           if t.is_floating_point()):  # a section model loaded from float16 stays float16
+        tensors = {k: t.half() if t.is_floating_point() else t for k, t in tensors.items()}
     tensors.update({PHRASE_PREFIX + k: v.detach().to("cpu").float().contiguous()
                     for k, v in phrase.state_dict().items()})
     _write(Path(path), tensors, doc)

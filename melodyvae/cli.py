@@ -246,7 +246,7 @@ def _adapt_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from melodyvae.inference import MelodyVAE
-    from melodyvae.training.evaluate import evaluate_tokens, load_eval_data
+    from melodyvae.training.evaluate import evaluate_model, load_eval_data
 
     if args.threads:
         import torch
@@ -257,7 +257,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     vae = MelodyVAE.load(args.model, device=args.device)
     tokens = load_eval_data(args.data, vae.bars, args.split)
     metrics = {"model": vae.name, "data": str(args.data),
-               **evaluate_tokens(vae.model, tokens, args.batch_size)}
+               **evaluate_model(vae, tokens, args.batch_size)}
     music = None
     if args.music:
         from melodyvae.training.evaluate import music_lines, music_measures, train_phrases

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_phrase_checkpoint
+from conftest import make_phrase_checkpoint, random_tokens
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
@@ -18,6 +18,9 @@ from melodyvae.checkpoint import METADATA_KEY, CheckpointError, load_phrase_chec
 from melodyvae.inference import MelodyVAE
 from melodyvae.phrase import PhraseConfig, PhraseVAE, form_name, forms_of
 from melodyvae.phrase_inference import PhraseMelodyVAE
+from melodyvae.training.corpus import CORPUS_FORMAT_VERSION, Corpus
+from melodyvae.training.evaluate import evaluate_model
+from melodyvae.training.report import build_report
 
 
 def test_forms_of_four_sections() -> None:
@@ -155,3 +158,42 @@ def test_checkpoint_refuses_a_bad_form_prior(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="form prior"):
         load_phrase_checkpoint(tmp_path / "bad.safetensors")
     assert METADATA_KEY in meta
+
+
+@pytest.fixture(scope="module")
+def corpus16() -> Corpus:
+    n = 30
+    rng = np.random.default_rng(4)
+    sections = random_tokens(3 * n, 64, seed=6).reshape(n, 3, 64)
+    tokens = sections[:, [0, 1, 0, 2]].reshape(n, 256).astype(np.uint8)  # ABAC phrases
+    rng.shuffle(tokens)
+    split = np.repeat(np.array([0, 1, 2], dtype=np.uint8), n // 3)
+    meta = {"format_version": CORPUS_FORMAT_VERSION, "bars": 16, "steps_per_bar": 16,
+            "hop_bars": 2, "source": "test", "tunes": [str(i) for i in range(n)]}
+    return Corpus(tokens, np.arange(n, dtype=np.int32), split, meta)
+
+
+def test_phrase_model_evaluated_as_it_plays(form_model: PhraseMelodyVAE,
+                                            corpus16: Corpus) -> None:
+    test = corpus16.subset("test")
+    metrics = evaluate_model(form_model, test)
+    mu, _ = form_model.encode_tokens(test)
+    greedy = form_model.decode_tokens(mu, 0.0).numpy()
+    assert metrics["sampled_accuracy"] == pytest.approx(float((greedy == test).mean()))
+    assert metrics["steps_per_phrase"] == 256 and metrics["n_phrases"] == len(test)
+    assert 0.0 <= metrics["teacher_forced_accuracy"] <= 1.0 and metrics["kl_nats"] >= 0.0
+
+
+def test_card_of_a_phrase_model_holds_the_16_bar_goals(tmp_path: Path,
+                                                       form_model: PhraseMelodyVAE,
+                                                       corpus16: Corpus) -> None:
+    report = build_report(form_model, corpus16, tmp_path / "card", n_samples=10,
+                          music_samples=10)
+    card = (tmp_path / "card" / "card.md").read_text()
+    assert "Goals (those set for a 16-bar model):" in card
+    f1 = report["music"]["reconstruction"]["note_f1"]
+    assert f"note F1 of reconstructions: {f1:.3f} (goal ≥ 0.6)" in card
+    data = report["music"]["heldout"]["bar_repeat_share"]
+    assert "bar repeats of samples, T 0.5: " in card and f"the data's {data:.3f}" in card
+    steps = report["interpolation"]["degenerate_steps"]
+    assert f"degenerate interpolation steps: {steps} (goal 0)" in card
