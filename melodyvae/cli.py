@@ -347,7 +347,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         if "phrase" in info and "section" in info:  # a phrase model
             m, ph = info["section"]["model"], info["phrase"]
             what = (f"phrase, {ph['sections'] * m['bars']} bars ({ph['sections']} sections "
-                    f"of {info['section']['preset']}), latent {ph['w_dim']}")
+                    f"of {info['section']['preset']}), latent {ph['w_dim'] + ph.get('forms', 0)}"
+                    + (" with form" if ph.get("forms") else ""))
         else:
             m = info["model"]
             what = f"{m['kind']}, {m['bars']} bars, latent {m['z_dim']}"

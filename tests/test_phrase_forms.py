@@ -197,3 +197,18 @@ def test_card_of_a_phrase_model_holds_the_16_bar_goals(tmp_path: Path,
     assert "bar repeats of samples, T 0.5: " in card and f"the data's {data:.3f}" in card
     steps = report["interpolation"]["degenerate_steps"]
     assert f"degenerate interpolation steps: {steps} (goal 0)" in card
+
+
+def test_ship_a_phrase_model(tmp_path: Path, corpus16: Corpus) -> None:
+    from melodyvae.checkpoint import read_info
+    from melodyvae.training.ship import ship
+
+    source = make_phrase_checkpoint(tmp_path / "run.safetensors", forms=1)
+    out = ship(source, corpus16, "my-phrase", tmp_path / "models")
+    info = read_info(out)
+    assert out.name == "my-phrase.safetensors" and info["preset"] == "my-phrase"
+    assert info["metrics"]["test_phrases"] == len(corpus16.subset("test"))
+    assert len(info["novelty"]["heldout_bits"]) == len(corpus16.subset("valid"))
+    a, b = MelodyVAE.load(source, device="cpu"), MelodyVAE.load(out, device="cpu")
+    z = a.sample_z(3, seed=2)
+    assert torch.equal(a.decode_tokens(z, 1.0, seed=1), b.decode_tokens(z, 1.0, seed=1))
