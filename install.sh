@@ -9,5 +9,5 @@ if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q
 $SUDO apt-get install -y -q --no-install-recommends liblo-tools puredata-core \
-    supercollider-language fluidsynth
+    supercollider-language fluidsynth jackd2
 python -m pip install -q -e ".[dev]"

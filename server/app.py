@@ -26,6 +26,7 @@ from melodyvae.server.state import Addr
 
 if TYPE_CHECKING:
     from melodyvae.inference import MelodyVAE
+    from melodyvae.server.midi_bridge import MidiBridge, MidiPorts, MidiSettings
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -55,22 +56,32 @@ class OscServer:
     """A :class:`ServerCore` behind a UDP socket; start, use ``.port``, close."""
 
     def __init__(self, vae: MelodyVAE, host: str = "127.0.0.1", port: int = 9000,
-                 config: ServerConfig | None = None, sock: socket.socket | None = None
-                 ) -> None:
+                 config: ServerConfig | None = None, sock: socket.socket | None = None,
+                 midi: tuple[MidiPorts, MidiSettings] | None = None) -> None:
         self.sock = sock if sock is not None else bind(host, port)
         self.sock.settimeout(POLL)
         self.host = host
         self.port: int = self.sock.getsockname()[1]
         self.core = ServerCore(vae, self._sendto, config)
+        self.midi: MidiBridge | None = None  # MIDI ports (midi_bridge.py), if opened
+        if midi is not None:
+            from melodyvae.server.midi_bridge import MidiBridge
+
+            self.midi = MidiBridge(self.core, *midi)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _sendto(self, data: bytes, addr: Addr) -> None:
+        if self.midi is not None and self.midi.owns(addr):
+            self.midi.reply(data)  # the MIDI client's replies stay in the process
+            return
         self.sock.sendto(data, addr)
 
     def start(self) -> OscServer:
-        """Start the worker, playback, file and network threads; returns self."""
+        """Start the worker, playback, file, MIDI and network threads; returns self."""
         self.core.start()
+        if self.midi is not None:
+            self.midi.start()
         self._thread = threading.Thread(target=self._serve, name="mvae-network", daemon=True)
         self._thread.start()
         return self
@@ -96,6 +107,8 @@ class OscServer:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(POLL * 5)
+        if self.midi is not None:  # first: every sounding MIDI note is released at once
+            self.midi.close()
         self.core.close()
         self.sock.close()
 
@@ -116,6 +129,7 @@ class ServeOptions:
     device: str = "auto"
     threads: int | None = None
     config: ServerConfig = ServerConfig()
+    midi: MidiSettings | None = None  # open MIDI ports (None: OSC only)
 
 
 def warm_up(vae: MelodyVAE, max_batch: int = 4) -> float:
@@ -161,15 +175,23 @@ def serve(options: ServeOptions) -> int:
     if config.reply_host:  # resolved once, not on every send
         config = dataclasses.replace(config, reply_host=resolve_host(config.reply_host))
     sock = bind(options.host, options.port)
+    ports = None
     try:
+        if options.midi is not None:  # a missing port fails before the model loads
+            from melodyvae.server.midi_bridge import open_ports
+
+            ports = open_ports(options.midi)
         set_threads(options.threads)
         vae = MelodyVAE.load(options.model, device=options.device)
         seconds = warm_up(vae)
+        _LOGGER.info("warmed up in %.2f s", seconds)
+        server = OscServer(vae, options.host, options.port, config, sock,
+                           None if ports is None else (ports, options.midi))
     except BaseException:
         sock.close()
+        if ports is not None:
+            ports.close()
         raise
-    _LOGGER.info("warmed up in %.2f s", seconds)
-    server = OscServer(vae, options.host, options.port, config, sock)
 
     stop = threading.Event()
 
@@ -186,6 +208,8 @@ def serve(options: ServeOptions) -> int:
         print(f"melodyvae: listening on {server.host}:{server.port} (model {vae.name}, "
               f"{vae.bars} bars, latent {vae.z_dim}, device {vae.device.type}{reply})",
               flush=True)
+        if ports is not None:
+            print(f"melodyvae: {ports.describe()}", flush=True)
         while not stop.wait(0.5):
             pass
         print("melodyvae: stopping", file=sys.stderr, flush=True)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from melodyvae.argtypes import positive_int, real_number, whole_number
+from melodyvae.server import midi_cli
 
 _PORT = whole_number(0, 65535, what="a port number")
 _LOOKAHEAD = real_number(0.0, 2000.0, what="a number of milliseconds", unit="ms")
@@ -44,7 +45,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="playback bundles are sent this long before their time (100)")
     p.add_argument("--max-clients", type=positive_int, default=64, metavar="N",
                    help="clients remembered; the least recently heard is forgotten (64)")
+    midi_cli.add_arguments(p)
     p.set_defaults(func=cmd_serve)
+    midi_cli.add_parsers(sub)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -57,4 +60,4 @@ def cmd_serve(args: argparse.Namespace) -> int:
         lookahead=args.lookahead / 1000.0,
     )
     return serve(ServeOptions(args.model, args.host, args.port, args.device, args.threads,
-                              config))
+                              config, midi_cli.settings(args)))

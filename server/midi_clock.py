@@ -1,0 +1,147 @@
+"""Following a host's MIDI clock: 24 ticks per quarter note, Start / Continue / Stop and the
+song position pointer. No ports here: times come in, predictions go out (tests drive it
+with made-up times).
+
+:class:`TickClock` fits a straight line through the times of the recent ticks and predicts
+when any tick falls. A host's clock jitters (a DAW sends it from a busy thread; JACK
+delivers it once per period), so one late tick only counts as an outlier; three ticks in a
+row off the line on the same side are a tempo change and the fit starts again from them.
+
+:class:`Transport` numbers the ticks as the host's song does: after Start the next tick is
+tick 0 (bar 1's downbeat), after Continue it is the song position pointer's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+from melodyvae.melody import STEPS_PER_QUARTER
+
+TICKS_PER_QUARTER = 24  # MIDI clock resolution
+TICKS_PER_STEP = TICKS_PER_QUARTER // STEPS_PER_QUARTER  # 6 ticks per 16th
+TICKS_PER_SPP = 6  # a song position pointer counts 16ths ("MIDI beats")
+WINDOW = 48  # ticks in the fit (two quarter notes)
+TOLERANCE = 0.003  # seconds off the line a tick may fall before it is an outlier ...
+RELATIVE_TOLERANCE = 0.15  # ... or this share of a tick, whichever is larger
+CONFIRM = 3  # outliers in a row on one side that mean a new tempo
+MIN_QPM, MAX_QPM = 20.0, 400.0  # tempi a host may plausibly send
+
+
+def qpm_of(seconds_per_tick: float) -> float:
+    return 60.0 / (seconds_per_tick * TICKS_PER_QUARTER)
+
+
+def seconds_per_tick(qpm: float) -> float:
+    return 60.0 / (qpm * TICKS_PER_QUARTER)
+
+
+class TickClock:
+    """When each tick falls: ``predict(n)`` for tick ``n`` (counted from the first tick
+    seen, whatever the transport did)."""
+
+    def __init__(self, qpm: float = 120.0, window: int = WINDOW) -> None:
+        self.points: deque[tuple[int, float]] = deque(maxlen=window)  # (tick, seconds)
+        self.period = seconds_per_tick(qpm)  # seconds per tick, the latest estimate
+        self.count = 0  # ticks seen; the next one is number ``count``
+        self.last: float | None = None  # time of the latest tick
+        self._a = 0.0  # the line: t = a + period * n
+        self._outliers: list[tuple[int, float]] = []
+        self.resets = 0  # tempo changes detected
+
+    def tick(self, at: float) -> int:
+        """A tick arrived at ``at`` (seconds); its number."""
+        n = self.count
+        self.count += 1
+        self.last = at
+        if len(self.points) >= 2:
+            error = at - (self._a + self.period * n)
+            if abs(error) > max(TOLERANCE, RELATIVE_TOLERANCE * self.period):
+                same_side = all((e - (self._a + self.period * k)) * error > 0
+                                for k, e in self._outliers)
+                self._outliers = [*self._outliers, (n, at)] if same_side else [(n, at)]
+                if len(self._outliers) < CONFIRM:
+                    return n
+                self.points.clear()  # a new tempo: fit from the ticks that showed it
+                self.points.extend(self._outliers)
+                self.resets += 1
+                self._outliers = []
+                self._fit()
+                return n
+        self._outliers = []
+        self.points.append((n, at))
+        self._fit()
+        return n
+
+    def _fit(self) -> None:
+        points = self.points
+        if len(points) == 1:
+            n0, t0 = points[0]
+            self._a = t0 - self.period * n0
+            return
+        mean_n = sum(n for n, _ in points) / len(points)
+        mean_t = sum(t for _, t in points) / len(points)
+        sxx = sum((n - mean_n) ** 2 for n, _ in points)
+        sxy = sum((n - mean_n) * (t - mean_t) for n, t in points)
+        slope = sxy / sxx
+        low, high = seconds_per_tick(MAX_QPM), seconds_per_tick(MIN_QPM)
+        if not math.isfinite(slope) or not low <= slope <= high:
+            slope = min(high, max(low, slope)) if math.isfinite(slope) else self.period
+        self.period = slope
+        self._a = mean_t - slope * mean_n
+
+    @property
+    def ready(self) -> bool:
+        """At least two ticks on the current line: the tempo is measured, not assumed."""
+        return len(self.points) >= 2
+
+    @property
+    def qpm(self) -> float:
+        return qpm_of(self.period)
+
+    def predict(self, n: float) -> float:
+        """The time of tick ``n`` (may be fractional or in the past)."""
+        return self._a + self.period * n
+
+    def reset(self) -> None:
+        """Forget the ticks (the source went away); keep the tempo as a first guess."""
+        self.points.clear()
+        self._outliers = []
+        self.last = None
+
+
+@dataclass
+class Transport:
+    """The host's song position: which tick of the song the next clock tick is."""
+
+    running: bool = False
+    next_tick: int = 0  # song tick the next clock tick stands for (while running)
+    offset: int | None = None  # clock tick number minus song tick; None until a tick came
+    pointer: int = 0  # song position (16ths) set by a song position pointer while stopped
+
+    def start(self) -> None:
+        """MIDI Start: the next tick is bar 1's downbeat."""
+        self.running, self.next_tick, self.offset, self.pointer = True, 0, None, 0
+
+    def resume(self) -> None:
+        """MIDI Continue: the next tick is at the song position pointer."""
+        self.running, self.next_tick, self.offset = True, self.pointer * TICKS_PER_SPP, None
+
+    def stop(self) -> None:
+        self.running = False
+        self.offset = None
+
+    def song_position(self, sixteenths: int) -> None:
+        self.pointer = sixteenths
+        if not self.running:
+            self.next_tick = sixteenths * TICKS_PER_SPP
+
+    def tick(self, clock_tick: int) -> int | None:
+        """A clock tick numbered ``clock_tick`` came; its song tick (None while stopped)."""
+        if not self.running:
+            return None
+        song = self.next_tick
+        self.next_tick += 1
+        self.offset = clock_tick - song
+        return song
