@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import threading
 import time
 from collections import deque
@@ -58,8 +59,11 @@ _LOGGER = logging.getLogger(__name__)
 MIDI_KEY: Addr = ("midi", 0)  # the MIDI input's client (no network address looks like it)
 POLL = 0.001  # seconds between reads of the input port
 START_MARGIN = 0.03  # seconds: a loop starts on a bar line at least lookahead + this away
+AHEAD_TICKS = 4  # notes are sent at most this many ticks past the last tick received
 STALL_TICKS = 24  # a running clock silent for this many ticks (and ...
 STALL_SECONDS = 0.5  # ... at least this long) has stopped
+SWITCH_INTERVAL = 0.001  # seconds a Python thread may hold the interpreter while the MIDI
+# output waits for it (Python's default is 0.005: up to 5 ms late)
 MAX_REPLIES = 1024  # replies to the MIDI client waiting to be read
 DEFAULT_QPM = 120.0
 
@@ -141,6 +145,7 @@ class MidiBridge:
         self.transport = Transport()
         self.following = False  # the MIDI client's loop is on the host's song grid
         self.want_start = False  # the host is running and the loop should (re)start
+        self._asked = False  # a melody to start with is being decoded
         self.stats = MidiStats()
         self.lock = threading.Lock()  # clock and transport (input thread, output thread)
         self.output = MidiOutput(ports.output, settings.channel - 1, self.song_tick_time,
@@ -152,12 +157,15 @@ class MidiBridge:
         self._stalled = False
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._switch = sys.getswitchinterval()
         core.player.note_tap = self._tap
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
         if not self.settings.clock:
             self._dispatch("/mvae/tempo", "f", [self.settings.tempo])
+        self._switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch, SWITCH_INTERVAL))
         self.output.start()
         self._thread = threading.Thread(target=self._loop, name="mvae-midi-in", daemon=True)
         self._thread.start()
@@ -170,6 +178,7 @@ class MidiBridge:
         self.core.player.note_tap = None
         self.output.close()
         self.input.close()
+        sys.setswitchinterval(self._switch)
 
     # ------------------------------------------------------------ the socket's side
     def owns(self, addr: Addr) -> bool:
@@ -189,10 +198,14 @@ class MidiBridge:
             self.output.schedule(key, notes, at=at)
 
     def song_tick_time(self, tick: float) -> float | None:
-        """When song tick ``tick`` falls by the host clock's latest estimate."""
+        """When song tick ``tick`` falls by the host clock's latest estimate; None while the
+        clock has not come within :data:`AHEAD_TICKS` of it (a clock that stops stops the
+        notes at once, not after the stall timeout)."""
         with self.lock:
             offset = self.transport.offset
-            return None if offset is None else self.ticks.predict(tick + offset)
+            if offset is None or tick > self.transport.next_tick - 1 + AHEAD_TICKS:
+                return None
+            return self.ticks.predict(tick + offset)
 
     # ------------------------------------------------------------ the input thread
     def _loop(self) -> None:
@@ -325,8 +338,10 @@ class MidiBridge:
             client = core.client(MIDI_KEY)
             melody, lookahead = client.melody, client.lookahead
         if melody is None:  # decode one first; its reply starts the loop
-            core.engine.submit_decode(DecodeJob(client, f"{PREFIX}/play", client.temperature,
-                                                client.seed))
+            if not self._asked:
+                self._asked = True
+                core.engine.submit_decode(DecodeJob(client, f"{PREFIX}/play",
+                                                    client.temperature, client.seed))
             return
         step_seconds = seconds_per_tick(qpm) * TICKS_PER_STEP
         position = (max(now, self.clock()) + lookahead + START_MARGIN - origin) / step_seconds
@@ -382,6 +397,8 @@ class MidiBridge:
             for item in parse_packet(data):
                 if not isinstance(item, Message):
                     continue
+                if item.address == f"{PREFIX}/melody/end":
+                    self._asked = False
                 if item.address == f"{PREFIX}/melody/end" and self.want_start \
                         and self.transport.running:
                     with self.lock:

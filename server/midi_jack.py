@@ -13,6 +13,7 @@ import itertools
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -37,6 +38,8 @@ class JackServer:
         self.name = f"mvae-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.period, self.rate = period, rate
         self.proc: subprocess.Popen[bytes] | None = None
+        # jackd's messages go to a file: a pipe nobody reads could fill and block it
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop)
         self._previous: str | None = None
 
     def start(self, timeout: float = 20.0) -> JackServer:
@@ -45,20 +48,24 @@ class JackServer:
             raise JackError("jackd not found: install Debian's jackd2 (install.sh does)")
         self.proc = subprocess.Popen(
             [jackd, "-n", self.name, "-d", "dummy", "-r", str(self.rate), "-p",
-             str(self.period)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             str(self.period)], stdout=subprocess.DEVNULL, stderr=self.log)
         self._previous = os.environ.get("JACK_DEFAULT_SERVER")
         os.environ["JACK_DEFAULT_SERVER"] = self.name
+        waiter = shutil.which("jack_wait")
+        if waiter is None:
+            self.stop()
+            raise JackError("jack_wait not found: install Debian's jackd2 (install.sh does)")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr \
-                    else ""
+                self.log.seek(0)
+                err = self.log.read().decode(errors="replace")
                 raise JackError(f"jackd exited with {self.proc.returncode}: {err[-500:]}")
-            try:
-                rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name="probe").delete()
+            check = subprocess.run([waiter, "-s", self.name, "-c"], capture_output=True,
+                                   text=True, env=os.environ | {"JACK_NO_START_SERVER": "1"})
+            if "running" in check.stdout and "not running" not in check.stdout:
                 return self
-            except rtmidi.RtMidiError:
-                time.sleep(0.1)
+            time.sleep(0.1)
         self.stop()
         raise JackError(f"jackd -n {self.name} did not start in {timeout:g} s")
 
@@ -70,8 +77,7 @@ class JackServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc is not None and self.proc.stderr is not None:
-            self.proc.stderr.close()
+        self.log.close()
         if self._previous is None:
             os.environ.pop("JACK_DEFAULT_SERVER", None)
         else:
@@ -118,6 +124,7 @@ class Host:
         self._raw: list[tuple[float, float, list[int]]] = []  # (stamp total, arrival, data)
         self._total: float | None = None
         self._lock = threading.Lock()
+        self._send_lock = threading.Lock()  # rtmidi's JACK output takes one thread at a time
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read, name="host-rx", daemon=True)
         self._thread.start()
@@ -144,8 +151,10 @@ class Host:
         return [Received(total + offset, data) for total, _, data in raw]
 
     def send(self, *messages: Sequence[int]) -> None:
-        for message in messages:
-            self.tx.send_message(list(message))
+        """Send messages in order (safe from any thread)."""
+        with self._send_lock:
+            for message in messages:
+                self.tx.send_message(list(message))
 
     def send_ticks(self, times: Sequence[float]) -> list[float]:
         """A clock tick at each Unix time (sleeping, then spinning the last half
@@ -157,7 +166,8 @@ class Host:
                 if left <= 0:
                     break
                 time.sleep(left - 0.0005 if left > 0.001 else 0)
-            self.tx.send_message([0xF8])
+            with self._send_lock:
+                self.tx.send_message([0xF8])
             sent.append(time.time())
         return sent
 

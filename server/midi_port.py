@@ -17,6 +17,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import threading
 import time
 from collections import Counter, deque
@@ -35,6 +36,7 @@ WATCH = 1.0  # seconds between checks that an opened port is still there
 QUEUE_LIMIT = 8192  # messages rtmidi keeps between two reads of an input
 STAMP_WINDOW = 5.0  # seconds of arrivals the input's clock offset is taken over
 SPIN = 0.0015  # seconds before an event the output thread stops waiting and sleeps exactly
+REALTIME_PRIORITY = 5  # SCHED_FIFO priority asked for the output thread (JACK's is 10)
 Key = Any  # who a note belongs to (a client's address)
 NoteEvent = tuple[int, int]  # (pitch, velocity); velocity 0 is a note-off
 
@@ -199,7 +201,8 @@ class MidiOutput:
 
     Events come timed (Unix seconds, as playback's timetags) or, for playback that follows
     a host's MIDI clock, by song tick: those are sent at ``tick_time(tick)``, the clock's
-    latest prediction, so a tempo change moves notes already queued.
+    latest prediction, so a tempo change moves notes already queued; they wait while it
+    says None (the clock has not come that far), and :meth:`wake` asks again.
     """
 
     def __init__(self, port: Port, channel: int = 0,
@@ -217,7 +220,6 @@ class MidiOutput:
         self.present = True
         self.sent = 0  # messages sent
         self.dropped = 0  # note-ons not sent (the port was gone)
-        self.late: list[float] = []  # seconds each event went out after its time (bounded)
         self._closed = False
         self._thread: threading.Thread | None = None
         self._next_watch = 0.0
@@ -244,26 +246,16 @@ class MidiOutput:
         """Drop the queued events of ``key`` (None: everyone's) and release its sounding
         notes now."""
         with self.cond:
-            for heap in (self._timed, self._ticked):
-                heap[:] = [e for e in heap if key is not None and e.key != key]
-                heapq.heapify(heap)
-            for owner in list(self.sounding) if key is None else [key]:
-                for pitch, count in list(self.sounding.get(owner, Counter()).items()):
-                    for _ in range(count):
-                        self._send(owner, pitch, 0)
+            self._release(key)
 
-    def retime_ticked(self, key: Key) -> None:
-        """Move ``key``'s ticked events to the timed queue at their predicted times (the
-        host clock stopped following them)."""
-        with self.cond:
-            moved = [e for e in self._ticked if e.key == key]
-            self._ticked[:] = [e for e in self._ticked if e.key != key]
-            heapq.heapify(self._ticked)
-            for e in moved:
-                at = self._tick_time(e.when)
-                heapq.heappush(self._timed, _Event(self.clock() if at is None else at,
-                                                   e.seq, e.key, e.pitch, e.velocity))
-            self.cond.notify()
+    def _release(self, key: Key | None) -> None:
+        for heap in (self._timed, self._ticked):
+            heap[:] = [e for e in heap if key is not None and e.key != key]
+            heapq.heapify(heap)
+        for owner in list(self.sounding) if key is None else [key]:
+            for pitch, count in list(self.sounding.get(owner, Counter()).items()):
+                for _ in range(count):
+                    self._send(owner, pitch, 0)
 
     # ------------------------------------------------------------ sending (cond held)
     def _send(self, key: Key, pitch: int, velocity: int) -> None:
@@ -299,8 +291,7 @@ class MidiOutput:
             best = (self._timed[0].when, self._timed)
         if self._ticked:
             at = self._tick_time(self._ticked[0].when)
-            at = self.clock() if at is None else at
-            if best is None or at < best[0]:
+            if at is not None and (best is None or at < best[0]):
                 best = (at, self._ticked)
         return best
 
@@ -311,8 +302,8 @@ class MidiOutput:
 
     def close(self, timeout: float = 2.0) -> None:
         """Release every sounding note now, stop the thread, close the port."""
-        self.release(None)
         with self.cond:
+            self._release(None)
             self._closed = True
             self.cond.notify()
         if self._thread is not None:
@@ -320,6 +311,7 @@ class MidiOutput:
         self.port.close()
 
     def _loop(self) -> None:
+        realtime()
         while True:
             with self.cond:
                 if self._closed:
@@ -347,8 +339,6 @@ class MidiOutput:
                 return at - now
             event = heapq.heappop(heap)
             self._send(event.key, event.pitch, event.velocity)
-            if len(self.late) < 100_000:
-                self.late.append(now - at)
 
     def _watch(self) -> None:
         now = time.monotonic()
@@ -366,6 +356,20 @@ class MidiOutput:
                 for pitch, count in list(held.items()):
                     for _ in range(count):
                         self._send(owner, pitch, 0)
+
+
+def realtime(priority: int = REALTIME_PRIORITY) -> bool:
+    """Ask for real-time scheduling of the calling thread (Linux: SCHED_FIFO, as audio
+    threads have; allowed for root and for users with an rtprio limit). Whether it was
+    granted: without it the thread runs as any other, and a busy machine delays it more."""
+    if not hasattr(os, "sched_setscheduler"):
+        return False
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except OSError as e:
+        _LOGGER.info("no real-time scheduling for MIDI output (%s)", e)
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------- input

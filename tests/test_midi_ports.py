@@ -276,6 +276,32 @@ def test_the_host_clock_starts_follows_and_stops_playback(
     assert server.midi is not None and server.midi.ticks.resets >= 1
 
 
+def test_continue_starts_from_the_song_position_and_a_silent_clock_stops(
+        jack: JackServer, vae: MelodyVAE) -> None:
+    server, name = midi_server(vae, clock=True)
+    host = host_for(name)
+    with server.core.lock:
+        server.core.client(MIDI_KEY).melody = Melody(
+            tuple(Note(s, s + 2, 60 + s % 12) for s in range(0, 64, 4)), 64)
+    try:
+        times = clock_times(time.time() + 0.3, [(120.0, 8 + 2 * 96)])
+        host.send_ticks(times[:8])
+        host.send([0xF2, 32, 0], [0xFB])  # song position: bar 3 (32 16ths); Continue
+        host.send_ticks(times[8:])
+        last = time.time()
+        time.sleep(1.0)  # the clock goes quiet without a Stop
+    finally:
+        server.close()
+        host.close()
+    events = notes(host.received())
+    ons = [t for t, _, v in events if v]
+    song = times[8:]  # song tick 192 (bar 3) first
+    assert round((ons[0] - song[0]) / (TICK_120 * 6)) + 32 == 48  # on bar 4's downbeat
+    assert ons[-1] < last + 4 * TICK_120 + 0.01  # nothing started once the clock stopped
+    assert max(t for t, _, _ in events) < last + 0.8  # and its last note was released
+    assert_paired(events)
+
+
 def test_knobs_move_the_axes_and_start_the_loop(jack: JackServer, vae_axes: MelodyVAE,
                                                tmp_path: Path) -> None:
     server, name = midi_server(vae_axes)
