@@ -223,7 +223,10 @@ class MidiBridge:
             self._lost_input()
         messages = self.input.read() if self.input.present else []
         for data, at in messages:
-            self.handle(data, at)
+            try:
+                self.handle(data, at)
+            except Exception:  # a bug for one message must not lose the others
+                _LOGGER.exception("handling MIDI %s failed", bytes(data[:8]).hex(" "))
         self._read_replies()
         self._check_stall()
         return len(messages)

@@ -4,8 +4,11 @@ with made-up times).
 
 :class:`TickClock` fits a straight line through the times of the recent ticks and predicts
 when any tick falls. A host's clock jitters (a DAW sends it from a busy thread; JACK
-delivers it once per period), so one late tick only counts as an outlier; three ticks in a
-row off the line on the same side are a tempo change and the fit starts again from them.
+delivers it once per period), so one late tick only counts as an outlier. Three ticks in a
+row off the line on the same side are a tempo change and the fit starts again from them —
+unless they sit a whole number of ticks off it (ticks were lost on the way: a busy system
+drops MIDI; they are counted, so the song position stays right) or came bunched up (held
+up on the way; ignored).
 
 :class:`Transport` numbers the ticks as the host's song does: after Start the next tick is
 tick 0 (bar 1's downbeat), after Continue it is the song position pointer's.
@@ -49,6 +52,8 @@ class TickClock:
         self._a = 0.0  # the line: t = a + period * n
         self._outliers: list[tuple[int, float]] = []
         self.resets = 0  # tempo changes detected
+        self.lost = 0  # ticks that never came (counted by the time the next ones came)
+        self.bursts = 0  # runs of ticks that came bunched up (a stalled system), ignored
 
     def tick(self, at: float) -> int:
         """A tick arrived at ``at`` (seconds); its number."""
@@ -57,20 +62,44 @@ class TickClock:
         self.last = at
         if len(self.points) >= 2:
             error = at - (self._a + self.period * n)
-            if abs(error) > max(TOLERANCE, RELATIVE_TOLERANCE * self.period):
+            if abs(error) > self._tolerance():
                 same_side = all((e - (self._a + self.period * k)) * error > 0
                                 for k, e in self._outliers)
                 self._outliers = [*self._outliers, (n, at)] if same_side else [(n, at)]
                 if len(self._outliers) < CONFIRM:
                     return n
-                self.points.clear()  # a new tempo: fit from the ticks that showed it
-                self.points.extend(self._outliers)
-                self.resets += 1
-                self._outliers = []
-                self._fit()
-                return n
+                return self._confirmed(n)
         self._outliers = []
         self.points.append((n, at))
+        self._fit()
+        return n
+
+    def _tolerance(self) -> float:
+        return max(TOLERANCE, RELATIVE_TOLERANCE * self.period)
+
+    def _confirmed(self, n: int) -> int:
+        """:data:`CONFIRM` ticks in a row off the line, on one side: ticks lost on the way
+        (the same tempo, counted short), a burst of ticks held up on the way (nothing like
+        a tempo: forget them), or a new tempo (fit again from them). The number of tick
+        ``n``, renumbered if ticks were lost."""
+        outliers, self._outliers = self._outliers, []
+        periods = [(t - (self._a + self.period * k)) / self.period for k, t in outliers]
+        shift = round(sum(periods) / len(periods))
+        tolerance = self._tolerance() / self.period
+        if shift and all(abs(p - shift) <= tolerance for p in periods):
+            self.count += shift
+            self.lost += shift
+            self.points.extend((k + shift, t) for k, t in outliers)
+            self._fit()
+            return n + shift
+        (n0, t0), (n1, t1) = outliers[0], outliers[-1]
+        slope = (t1 - t0) / (n1 - n0)
+        if not self.period / 2 <= slope <= self.period * 2:
+            self.bursts += 1
+            return n
+        self.points.clear()  # a new tempo: fit from the ticks that showed it
+        self.points.extend(outliers)
+        self.resets += 1
         self._fit()
         return n
 
@@ -138,10 +167,12 @@ class Transport:
             self.next_tick = sixteenths * TICKS_PER_SPP
 
     def tick(self, clock_tick: int) -> int | None:
-        """A clock tick numbered ``clock_tick`` came; its song tick (None while stopped)."""
+        """A clock tick numbered ``clock_tick`` came; its song tick (None while stopped).
+        Song ticks follow the clock's numbers, so ticks it counted as lost are skipped."""
         if not self.running:
             return None
-        song = self.next_tick
-        self.next_tick += 1
-        self.offset = clock_tick - song
+        if self.offset is None:
+            self.offset = clock_tick - self.next_tick
+        song = clock_tick - self.offset
+        self.next_tick = song + 1
         return song

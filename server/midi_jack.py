@@ -105,14 +105,19 @@ def find(names: Sequence[str], wanted: str) -> int:
 class Host:
     """A DAW on the JACK server: sends into ``to`` (a server input port, e.g.
     ``melodyvae in:melodyvae in``) and records ``listen`` (e.g. ``melodyvae:melodyvae``);
-    either may be None. ``rx_name`` names its recording client: a fixed name lets a test
-    make the port vanish and come back."""
+    either may be None. ``rx_name`` / ``tx_name`` name its clients, and ``virtual_rx`` /
+    ``virtual_tx`` give them ports of their own (``NAME:in``, ``NAME:out``) for the server to
+    open by name: a test can then make a port vanish and come back."""
 
     def __init__(self, to: str | None, listen: str | None, rx_name: str | None = None,
-                 virtual_rx: bool = False) -> None:
+                 virtual_rx: bool = False, tx_name: str | None = None,
+                 virtual_tx: bool = False) -> None:
         tag = next(_NAMES)
-        self.tx = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name=f"host-tx-{os.getpid()}-{tag}")
-        if to is not None:
+        self.tx = rtmidi.MidiOut(rtmidi.API_UNIX_JACK,
+                                 name=tx_name or f"host-tx-{os.getpid()}-{tag}")
+        if virtual_tx:
+            self.tx.open_virtual_port("out")
+        elif to is not None:
             self.tx.open_port(find(self.tx.get_ports(), to))
         self.rx = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, queue_size_limit=16384,
                                 name=rx_name or f"host-rx-{os.getpid()}-{tag}")

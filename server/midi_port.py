@@ -18,6 +18,7 @@ import heapq
 import itertools
 import logging
 import os
+import re
 import threading
 import time
 from collections import Counter, deque
@@ -102,8 +103,8 @@ def list_ports(api: int) -> tuple[list[str], list[str]]:
 
 
 def find_port(names: Sequence[str], spec: str, kind: str) -> int:
-    """The index of the port ``spec`` names: an index, an exact name, or a unique part of
-    one (case ignored)."""
+    """The index of the port ``spec`` names: an index, an exact name (Windows' number after
+    it optional), or a unique part of one (case ignored)."""
     if spec.isdigit():
         index = int(spec)
         if index < len(names):
@@ -112,6 +113,10 @@ def find_port(names: Sequence[str], spec: str, kind: str) -> int:
                         f"melodyvae midi ports lists them)")
     if spec in names:
         return list(names).index(spec)
+    numbered = [i for i, name in enumerate(names)  # Windows numbers its ports: "name 2"
+                if re.fullmatch(re.escape(spec) + r" \d+", name)]
+    if len(numbered) == 1:
+        return numbered[0]
     matches = [i for i, name in enumerate(names) if spec.lower() in name.lower()]
     if len(matches) == 1:
         return matches[0]

@@ -34,7 +34,7 @@ from melodyvae.server.midi_bridge import MIDI_KEY, MidiSettings, open_ports
 from melodyvae.server.midi_clock import TickClock, Transport
 from melodyvae.server.midi_jack import Host, JackServer, Received, clock_times
 from melodyvae.server.midi_map import CCMapError, Knob, check_map, parse_map
-from melodyvae.server.midi_port import Stamps
+from melodyvae.server.midi_port import MidiError, Stamps, find_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TICK_120 = 60.0 / 120 / 24  # seconds per clock tick at 120 qpm
@@ -65,6 +65,24 @@ def test_a_tempo_change_is_taken_after_three_ticks() -> None:
     for at in times[52:]:
         clock.tick(at)
     assert clock.predict(len(times)) == pytest.approx(times[-1] + 60 / 180 / 24, abs=1e-6)
+
+
+def test_a_lost_tick_is_counted_and_a_burst_of_held_up_ticks_ignored() -> None:
+    clock = TickClock()
+    times = clock_times(5.0, [(120.0, 100)])
+    for at in times[:50]:
+        clock.tick(at)
+    numbers = [clock.tick(at) for at in times[51:60]]  # tick 50 never came
+    assert numbers == [50, 51, *range(53, 60)]  # renumbered on the third tick off the line
+    assert clock.lost == 1 and clock.resets == 0
+    assert clock.predict(60) == pytest.approx(times[60], abs=1e-6)
+    stall = times[63] + 0.0001  # ticks 60-63 held up, then delivered together
+    for at in (stall, stall + 0.0002, stall + 0.0004, stall + 0.0006):
+        clock.tick(at)
+    for at in times[64:]:
+        clock.tick(at)
+    assert clock.bursts == 1 and clock.resets == 0 and clock.lost == 1
+    assert clock.predict(100) == pytest.approx(times[-1] + TICK_120, abs=1e-4)
 
 
 def test_the_transport_numbers_ticks_as_the_song_does() -> None:
@@ -106,6 +124,18 @@ def test_cc_map_files_are_checked() -> None:
             parse_map(doc)
     with pytest.raises(CCMapError, match="no such axis"):
         check_map(knobs, ["pc1", "pc2"])
+
+
+def test_ports_are_found_by_number_name_windows_name_or_a_unique_part() -> None:
+    names = ["melodyvae 1", "melodyvae in 2", "Midi Through:Midi Through Port-0 14:0"]
+    assert find_port(names, "2", "output") == 2
+    assert find_port(names, "melodyvae in 2", "output") == 1
+    assert find_port(names, "melodyvae", "output") == 0  # loopMIDI's port, numbered
+    assert find_port(names, "through", "output") == 2
+    for spec, message in (("7", "no MIDI output number 7"), ("synth", "no MIDI output named"),
+                          ("melody", "ambiguous")):
+        with pytest.raises(MidiError, match=message):
+            find_port(names, spec, "output")
 
 
 # ---------------------------------------------------------------- on JACK
@@ -262,9 +292,8 @@ def test_the_host_clock_starts_follows_and_stops_playback(
     assert first_step == 16 and ons[0][1] == 60
     change = song[4 * 96]  # the tempo change: 180 qpm from here
     errors = []
-    for at, pitch in ons:
-        tick = min(range(len(song)), key=lambda n: abs(song[n] - at))
-        assert tick % 12 == 0  # every note on an eighth note of the host's song
+    for at, pitch in ons:  # the melody's notes fall on eighths: every 12th tick
+        tick = min(range(0, len(song), 12), key=lambda n: abs(song[n] - at))
         assert pitch == 60 + (tick // 6 - 16) % 64 % 12  # the melody from its step 0
         if not change - 0.01 < at < change + 0.1:  # three ticks confirm a new tempo
             errors.append(at - song[tick])
@@ -431,6 +460,32 @@ def test_a_vanished_output_is_reported_once_and_gets_its_note_offs_when_back(
     messages = [r.getMessage() for r in caplog.records]
     assert sum("vanished" in m for m in messages) == 1
     assert sum("is back" in m for m in messages) == 1
+
+
+def test_a_vanished_input_releases_held_keys_and_is_reopened_when_back(
+        jack: JackServer, vae: MelodyVAE, caplog: pytest.LogCaptureFixture) -> None:
+    tx_name = f"keys-{os.getpid()}"
+    keys = Host(None, None, tx_name=tx_name, virtual_tx=True)
+    server, _ = midi_server(vae, in_port=f"{tx_name}:out")
+    caplog.set_level(logging.WARNING, "melodyvae.server.midi_port")
+    again = None
+    try:
+        keys.send([0x90, 60, 100])
+        wait_for(lambda: server.midi is not None and server.midi.stats.notes == 1)
+        keys.close()  # the keyboard is unplugged with a key down
+        time.sleep(2.5)
+        with server.core.lock:
+            assert not server.core.live.sessions[MIDI_KEY].held  # released
+        again = Host(None, None, tx_name=tx_name, virtual_tx=True)
+        wait_for(lambda: any("is back" in r.getMessage() for r in caplog.records), 5)
+        again.send([0x90, 62, 100])
+        wait_for(lambda: server.midi is not None and server.midi.stats.notes == 2)
+    finally:
+        server.close()
+        if again is not None:
+            again.close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("vanished" in m for m in messages) == 1
 
 
 def test_ctrl_c_releases_the_sounding_notes(jack: JackServer, tiny_checkpoint: Path) -> None:
