@@ -64,6 +64,7 @@ STALL_TICKS = 24  # a running clock silent for this many ticks (and ...
 STALL_SECONDS = 0.5  # ... at least this long) has stopped
 SWITCH_INTERVAL = 0.001  # seconds a Python thread may hold the interpreter while the MIDI
 # output waits for it (Python's default is 0.005: up to 5 ms late)
+TEMPO_STEP = 0.05  # qpm: the host's tempo is passed on when it moved more than this
 MAX_REPLIES = 1024  # replies to the MIDI client waiting to be read
 DEFAULT_QPM = 120.0
 
@@ -371,7 +372,7 @@ class MidiBridge:
         qpm = min(400.0, max(20.0, qpm))
         with self.core.lock:
             client = self.core.client(MIDI_KEY)
-            changed = abs(client.qpm - qpm) > 1e-3
+            changed = abs(client.qpm - qpm) > TEMPO_STEP
         if changed:
             self._dispatch("/mvae/tempo", "f", [qpm])
         self._dispatch("/mvae/sync", "f", [0.0], origin)

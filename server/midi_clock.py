@@ -5,10 +5,10 @@ with made-up times).
 :class:`TickClock` fits a straight line through the times of the recent ticks and predicts
 when any tick falls. A host's clock jitters (a DAW sends it from a busy thread; JACK
 delivers it once per period), so one late tick only counts as an outlier. Three ticks in a
-row off the line on the same side are a tempo change and the fit starts again from them —
-unless they sit a whole number of ticks off it (ticks were lost on the way: a busy system
-drops MIDI; they are counted, so the song position stays right) or came bunched up (held
-up on the way; ignored).
+row off the line on the same side, on a clean line of their own, are a tempo change and the
+fit starts again from them. Six in a row a whole number of ticks off it mean ticks were lost
+on the way (a busy system drops MIDI): they are counted, so the song position stays right.
+Anything else (ticks held up on the way and delivered bunched) is ignored.
 
 :class:`Transport` numbers the ticks as the host's song does: after Start the next tick is
 tick 0 (bar 1's downbeat), after Continue it is the song position pointer's.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from melodyvae.melody import STEPS_PER_QUARTER
@@ -28,7 +29,9 @@ TICKS_PER_SPP = 6  # a song position pointer counts 16ths ("MIDI beats")
 WINDOW = 48  # ticks in the fit (two quarter notes)
 TOLERANCE = 0.003  # seconds off the line a tick may fall before it is an outlier ...
 RELATIVE_TOLERANCE = 0.15  # ... or this share of a tick, whichever is larger
-CONFIRM = 3  # outliers in a row on one side that mean a new tempo
+CONFIRM = 3  # outliers in a row on one side that mean a new tempo ...
+CLEAN = 0.0015  # ... if they lie this close (seconds) to a line of their own
+CONFIRM_LOST = 6  # outliers a whole number of ticks late in a row that mean lost ticks
 MIN_QPM, MAX_QPM = 20.0, 400.0  # tempi a host may plausibly send
 
 
@@ -78,27 +81,34 @@ class TickClock:
         return max(TOLERANCE, RELATIVE_TOLERANCE * self.period)
 
     def _confirmed(self, n: int) -> int:
-        """:data:`CONFIRM` ticks in a row off the line, on one side: ticks lost on the way
-        (the same tempo, counted short), a burst of ticks held up on the way (nothing like
-        a tempo: forget them), or a new tempo (fit again from them). The number of tick
-        ``n``, renumbered if ticks were lost."""
-        outliers, self._outliers = self._outliers, []
+        """:data:`CONFIRM` or more ticks in a row off the line, on one side. A whole number
+        of ticks off it, :data:`CONFIRM_LOST` times: ticks were lost on the way (the same
+        tempo, counted short), so count them. On a clean line of their own at a plausible
+        tempo: a new tempo, so fit again from them. Neither (ticks held up on the way and
+        delivered bunched): forget them. The number of tick ``n``, renumbered if ticks
+        were lost."""
+        outliers = self._outliers
         periods = [(t - (self._a + self.period * k)) / self.period for k, t in outliers]
         shift = round(sum(periods) / len(periods))
         tolerance = self._tolerance() / self.period
         if shift and all(abs(p - shift) <= tolerance for p in periods):
+            if len(outliers) < CONFIRM_LOST:
+                return n  # lost ticks, or the system held them up a moment: wait and see
+            self._outliers = []
             self.count += shift
             self.lost += shift
             self.points.extend((k + shift, t) for k, t in outliers)
             self._fit()
             return n + shift
-        (n0, t0), (n1, t1) = outliers[0], outliers[-1]
-        slope = (t1 - t0) / (n1 - n0)
-        if not self.period / 2 <= slope <= self.period * 2:
+        recent = outliers[-CONFIRM:]
+        slope, intercept = _line(recent)
+        clean = all(abs(t - intercept - slope * k) <= CLEAN for k, t in recent)
+        self._outliers = []
+        if not (clean and self.period / 2 <= slope <= self.period * 2):
             self.bursts += 1
             return n
         self.points.clear()  # a new tempo: fit from the ticks that showed it
-        self.points.extend(outliers)
+        self.points.extend(recent)
         self.resets += 1
         self._fit()
         return n
@@ -109,16 +119,12 @@ class TickClock:
             n0, t0 = points[0]
             self._a = t0 - self.period * n0
             return
-        mean_n = sum(n for n, _ in points) / len(points)
-        mean_t = sum(t for _, t in points) / len(points)
-        sxx = sum((n - mean_n) ** 2 for n, _ in points)
-        sxy = sum((n - mean_n) * (t - mean_t) for n, t in points)
-        slope = sxy / sxx
+        slope, intercept = _line(points)
         low, high = seconds_per_tick(MAX_QPM), seconds_per_tick(MIN_QPM)
         if not math.isfinite(slope) or not low <= slope <= high:
             slope = min(high, max(low, slope)) if math.isfinite(slope) else self.period
-        self.period = slope
-        self._a = mean_t - slope * mean_n
+            intercept = sum(t - slope * n for n, t in points) / len(points)
+        self.period, self._a = slope, intercept
 
     @property
     def ready(self) -> bool:
@@ -138,6 +144,17 @@ class TickClock:
         self.points.clear()
         self._outliers = []
         self.last = None
+
+
+def _line(points: Sequence[tuple[int, float]]) -> tuple[float, float]:
+    """Least squares ``t = intercept + slope * n`` through (n, t) points: (slope,
+    intercept)."""
+    mean_n = sum(n for n, _ in points) / len(points)
+    mean_t = sum(t for _, t in points) / len(points)
+    sxx = sum((n - mean_n) ** 2 for n, _ in points)
+    sxy = sum((n - mean_n) * (t - mean_t) for n, t in points)
+    slope = sxy / sxx if sxx else math.nan
+    return slope, mean_t - (slope if math.isfinite(slope) else 0.0) * mean_n
 
 
 @dataclass

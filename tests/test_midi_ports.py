@@ -73,7 +73,7 @@ def test_a_lost_tick_is_counted_and_a_burst_of_held_up_ticks_ignored() -> None:
     for at in times[:50]:
         clock.tick(at)
     numbers = [clock.tick(at) for at in times[51:60]]  # tick 50 never came
-    assert numbers == [50, 51, *range(53, 60)]  # renumbered on the third tick off the line
+    assert numbers == [*range(50, 55), *range(56, 60)]  # renumbered on the sixth
     assert clock.lost == 1 and clock.resets == 0
     assert clock.predict(60) == pytest.approx(times[60], abs=1e-6)
     stall = times[63] + 0.0001  # ticks 60-63 held up, then delivered together
@@ -83,6 +83,11 @@ def test_a_lost_tick_is_counted_and_a_burst_of_held_up_ticks_ignored() -> None:
         clock.tick(at)
     assert clock.bursts == 1 and clock.resets == 0 and clock.lost == 1
     assert clock.predict(100) == pytest.approx(times[-1] + TICK_120, abs=1e-4)
+    later = clock_times(times[-1] + TICK_120, [(120.0, 20)])  # ticks 100-119
+    for i, at in enumerate(later):  # 101-104 held up one tick each, then on time again
+        clock.tick(at + (TICK_120 if 1 <= i <= 4 else 0.0))
+    assert clock.lost == 1 and clock.resets == 0
+    assert clock.predict(120) == pytest.approx(later[-1] + TICK_120, abs=1e-4)
 
 
 def test_the_transport_numbers_ticks_as_the_song_does() -> None:
@@ -328,6 +333,45 @@ def test_continue_starts_from_the_song_position_and_a_silent_clock_stops(
     assert round((ons[0] - song[0]) / (TICK_120 * 6)) + 32 == 48  # on bar 4's downbeat
     assert ons[-1] < last + 4 * TICK_120 + 0.01  # nothing started once the clock stopped
     assert max(t for t, _, _ in events) < last + 0.8  # and its last note was released
+    assert_paired(events)
+
+
+def test_with_the_host_clock_a_phrase_played_in_is_answered_on_the_hosts_bar_line(
+        jack: JackServer, vae: MelodyVAE) -> None:
+    server, name = midi_server(vae, clock=True)
+    host = host_for(name)
+    loop = Melody(tuple(Note(s, s + 2, 60 + s % 12) for s in range(0, 64, 4)), 64)
+    with server.core.lock:
+        server.core.client(MIDI_KEY).melody = loop  # pitches 60-71; answers use others
+    try:
+        times = clock_times(time.time() + 0.3, [(240.0, 24 + 11 * 96)])
+        host.send_ticks(times[:24])
+        host.send([0xFA])
+        song = times[24:]
+        for bar in range(11):
+            if 1 <= bar <= 2:  # a phrase in bars 2 and 3: a note on every beat
+                for beat in range(4):
+                    n = bar * 96 + beat * 24
+                    host.send_ticks(song[n:n + 12])
+                    host.send([0x90, 50 + beat, 100])
+                    host.send_ticks(song[n + 12:n + 24])
+                    host.send([0x80, 50 + beat, 0])
+            else:
+                host.send_ticks(song[bar * 96:(bar + 1) * 96])
+        host.send([0xFC])
+        time.sleep(0.3)
+    finally:
+        server.close()
+        host.close()
+    events = notes(host.received())
+    answer = [(t, p) for t, p, v in events if v and not 60 <= p <= 71]
+    assert answer, "no answer was played"
+    first = min(range(len(song)), key=lambda n: abs(song[n] - answer[0][0]))
+    assert first == 64 * 6  # the phrase line after the phrase: bar 5 of the host's song
+    assert abs(answer[0][0] - song[first]) < 0.01
+    for at, _ in answer:  # the whole answer on the host's 16ths
+        n = min(range(0, len(song), 6), key=lambda k: abs(song[k] - at))
+        assert abs(at - song[n]) < 0.02 and 64 * 6 <= n < 128 * 6
     assert_paired(events)
 
 
