@@ -9,4 +9,8 @@ files.py     /mvae/encode/file inside --allow-dir, on its own thread
 core.py      the dispatch function and replies, without a socket (tests drive it directly)
 app.py       the UDP socket, threads and process lifecycle (``melodyvae serve``)
 cli.py       the ``serve`` subcommand's arguments
+midi_*.py    MIDI ports (docs/midi.md): midi_bridge.py puts them on the server, midi_port.py
+             opens, sends and reads them, midi_clock.py follows a host's clock,
+             midi_map.py maps knobs to axes, midi_cli.py has the options, midi_jack.py
+             runs a headless JACK server for the tests and the benchmark
 """

@@ -5,10 +5,11 @@ with made-up times).
 :class:`TickClock` fits a straight line through the times of the recent ticks and predicts
 when any tick falls. A host's clock jitters (a DAW sends it from a busy thread; JACK
 delivers it once per period), so one late tick only counts as an outlier. Three ticks in a
-row off the line on the same side, on a clean line of their own, are a tempo change and the
-fit starts again from them. Six in a row a whole number of ticks off it mean ticks were lost
-on the way (a busy system drops MIDI): they are counted, so the song position stays right.
-Anything else (ticks held up on the way and delivered bunched) is ignored.
+row off the line on the same side, each further off, on a clean line of their own, are a
+tempo change and the fit starts again from them. Six in a row equally far off are a new
+phase, or, a whole number of ticks off, ticks lost on the way (a busy system drops MIDI):
+those are counted, so the song position stays right. Anything else (ticks held up on the
+way and delivered bunched) is ignored.
 
 :class:`Transport` numbers the ticks as the host's song does: after Start the next tick is
 tick 0 (bar 1's downbeat), after Continue it is the song position pointer's.
@@ -29,9 +30,9 @@ TICKS_PER_SPP = 6  # a song position pointer counts 16ths ("MIDI beats")
 WINDOW = 48  # ticks in the fit (two quarter notes)
 TOLERANCE = 0.003  # seconds off the line a tick may fall before it is an outlier ...
 RELATIVE_TOLERANCE = 0.15  # ... or this share of a tick, whichever is larger
-CONFIRM = 3  # outliers in a row on one side that mean a new tempo ...
+CONFIRM = 3  # outliers in a row on one side, ever further off, that mean a new tempo ...
 CLEAN = 0.0015  # ... if they lie this close (seconds) to a line of their own
-CONFIRM_LOST = 6  # outliers a whole number of ticks late in a row that mean lost ticks
+STEADY = 6  # outliers in a row equally far off that mean lost ticks or a new phase
 MIN_QPM, MAX_QPM = 20.0, 400.0  # tempi a host may plausibly send
 
 
@@ -81,37 +82,51 @@ class TickClock:
         return max(TOLERANCE, RELATIVE_TOLERANCE * self.period)
 
     def _confirmed(self, n: int) -> int:
-        """:data:`CONFIRM` or more ticks in a row off the line, on one side. A whole number
-        of ticks off it, :data:`CONFIRM_LOST` times: ticks were lost on the way (the same
-        tempo, counted short), so count them. On a clean line of their own at a plausible
-        tempo: a new tempo, so fit again from them. Neither (ticks held up on the way and
-        delivered bunched): forget them. The number of tick ``n``, renumbered if ticks
-        were lost."""
+        """:data:`CONFIRM` or more ticks in a row off the line, on one side; the number of
+        tick ``n`` (renumbered if ticks were lost). What they mean:
+
+        * the same distance off the line, :data:`STEADY` ticks long: a whole number of
+          ticks — ticks were lost on the way, so count them; any other — the host's phase
+          moved, so fit again from them;
+        * further off the line at every tick, on a clean line of their own at a plausible
+          tempo: a new tempo, so fit again from them;
+        * anything else (ticks held up on the way, then delivered bunched): forget them.
+        """
         outliers = self._outliers
         periods = [(t - (self._a + self.period * k)) / self.period for k, t in outliers]
-        shift = round(sum(periods) / len(periods))
+        mean = sum(periods) / len(periods)
         tolerance = self._tolerance() / self.period
-        if shift and all(abs(p - shift) <= tolerance for p in periods):
-            if len(outliers) < CONFIRM_LOST:
-                return n  # lost ticks, or the system held them up a moment: wait and see
+        if all(abs(p - mean) <= tolerance for p in periods):  # steady: lost ticks or phase
+            if len(outliers) < STEADY:
+                return n  # or the system held them up a moment: wait and see
             self._outliers = []
-            self.count += shift
-            self.lost += shift
-            self.points.extend((k + shift, t) for k, t in outliers)
-            self._fit()
-            return n + shift
+            shift = round(mean)
+            if shift and abs(mean - shift) <= tolerance:
+                self.count += shift
+                self.lost += shift
+                self.points.extend((k + shift, t) for k, t in outliers)
+                self._fit()
+                return n + shift
+            self._refit(outliers)
+            return n
         recent = outliers[-CONFIRM:]
+        last = periods[-CONFIRM:]
+        drifting = all(abs(b) > abs(a) for a, b in zip(last, last[1:], strict=False))
         slope, intercept = _line(recent)
         clean = all(abs(t - intercept - slope * k) <= CLEAN for k, t in recent)
         self._outliers = []
-        if not (clean and self.period / 2 <= slope <= self.period * 2):
+        if drifting and clean and self.period / 2 <= slope <= self.period * 2:
+            self._refit(recent)
+        else:
             self.bursts += 1
-            return n
-        self.points.clear()  # a new tempo: fit from the ticks that showed it
-        self.points.extend(recent)
+        return n
+
+    def _refit(self, points: list[tuple[int, float]]) -> None:
+        """A new tempo or phase: fit from these ticks only."""
+        self.points.clear()
+        self.points.extend(points)
         self.resets += 1
         self._fit()
-        return n
 
     def _fit(self) -> None:
         points = self.points

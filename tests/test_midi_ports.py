@@ -88,6 +88,15 @@ def test_a_lost_tick_is_counted_and_a_burst_of_held_up_ticks_ignored() -> None:
         clock.tick(at + (TICK_120 if 1 <= i <= 4 else 0.0))
     assert clock.lost == 1 and clock.resets == 0
     assert clock.predict(120) == pytest.approx(later[-1] + TICK_120, abs=1e-4)
+    resumed = clock_times(later[-1] + TICK_120, [(120.0, 20)])  # ticks 120-139
+    for i, at in enumerate(resumed):  # 121-123 held up less and less: a stall recovering
+        clock.tick(at + (0.012, 0.008, 0.004)[i - 1] if 1 <= i <= 3 else at)
+    assert clock.resets == 0 and clock.bursts == 2
+    assert clock.predict(140) == pytest.approx(resumed[-1] + TICK_120, abs=1e-4)
+    for at in clock_times(resumed[-1] + TICK_120 + 0.01, [(120.0, 8)]):  # the phase moved
+        clock.tick(at)
+    assert clock.resets == 1 and clock.lost == 1
+    assert clock.predict(148) == pytest.approx(resumed[-1] + 9 * TICK_120 + 0.01, abs=1e-4)
 
 
 def test_the_transport_numbers_ticks_as_the_song_does() -> None:
