@@ -9,7 +9,9 @@ row off the line on the same side, each further off, on a clean line of their ow
 tempo change and the fit starts again from them. Six in a row equally far off are a new
 phase, or, a whole number of ticks off, ticks lost on the way (a busy system drops MIDI):
 those are counted, so the song position stays right. Anything else (ticks held up on the
-way and delivered bunched) is ignored.
+way and delivered bunched) is ignored — for twelve ticks at most: then the line is fitted
+again from the latest six, whatever they are. After half a second without a tick (or a
+quarter note) a new line starts.
 
 :class:`Transport` numbers the ticks as the host's song does: after Start the next tick is
 tick 0 (bar 1's downbeat), after Continue it is the song position pointer's.
@@ -33,6 +35,8 @@ RELATIVE_TOLERANCE = 0.15  # ... or this share of a tick, whichever is larger
 CONFIRM = 3  # outliers in a row on one side, ever further off, that mean a new tempo ...
 CLEAN = 0.0015  # ... if they lie this close (seconds) to a line of their own
 STEADY = 6  # outliers in a row equally far off that mean lost ticks or a new phase
+LOST_LOCK = 12  # outliers in a row, whatever their pattern, after which the line is refitted
+GAP, GAP_TICKS = 0.5, 24  # silence (seconds, and ticks) after which a new line starts
 MIN_QPM, MAX_QPM = 20.0, 400.0  # tempi a host may plausibly send
 
 
@@ -55,6 +59,8 @@ class TickClock:
         self.last: float | None = None  # time of the latest tick
         self._a = 0.0  # the line: t = a + period * n
         self._outliers: list[tuple[int, float]] = []
+        self._recent: deque[tuple[int, float]] = deque(maxlen=STEADY)  # the latest ticks
+        self._off_line = 0  # outliers since the last tick on the line
         self.resets = 0  # tempo changes detected
         self.lost = 0  # ticks that never came (counted by the time the next ones came)
         self.bursts = 0  # runs of ticks that came bunched up (a stalled system), ignored
@@ -63,17 +69,26 @@ class TickClock:
         """A tick arrived at ``at`` (seconds); its number."""
         n = self.count
         self.count += 1
+        if self.last is not None and at - self.last > max(GAP, GAP_TICKS * self.period):
+            self.points.clear()  # the clock stopped a while: start a new line
+            self._outliers, self._off_line = [], 0
         self.last = at
+        self._recent.append((n, at))
         if len(self.points) >= 2:
             error = at - (self._a + self.period * n)
             if abs(error) > self._tolerance():
+                self._off_line += 1
+                if self._off_line >= LOST_LOCK:  # whatever it is, it lasts: follow it
+                    self._outliers, self._off_line = [], 0
+                    self._refit(list(self._recent))
+                    return n
                 same_side = all((e - (self._a + self.period * k)) * error > 0
                                 for k, e in self._outliers)
                 self._outliers = [*self._outliers, (n, at)] if same_side else [(n, at)]
                 if len(self._outliers) < CONFIRM:
                     return n
                 return self._confirmed(n)
-        self._outliers = []
+        self._outliers, self._off_line = [], 0
         self.points.append((n, at))
         self._fit()
         return n
@@ -157,7 +172,7 @@ class TickClock:
     def reset(self) -> None:
         """Forget the ticks (the source went away); keep the tempo as a first guess."""
         self.points.clear()
-        self._outliers = []
+        self._outliers, self._off_line = [], 0
         self.last = None
 
 

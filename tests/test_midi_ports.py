@@ -99,6 +99,28 @@ def test_a_lost_tick_is_counted_and_a_burst_of_held_up_ticks_ignored() -> None:
     assert clock.predict(148) == pytest.approx(resumed[-1] + 9 * TICK_120 + 0.01, abs=1e-4)
 
 
+def test_after_a_silence_the_clock_starts_a_new_line() -> None:
+    clock = TickClock()
+    first = clock_times(5.0, [(120.0, 48)])
+    for at in first:
+        clock.tick(at)
+    second = clock_times(first[-1] + 3.0, [(180.0, 5)])  # three seconds later, faster
+    numbers = [clock.tick(at) for at in second]
+    assert numbers == list(range(48, 53)) and clock.qpm == pytest.approx(180.0)
+    assert clock.predict(53) == pytest.approx(second[-1] + 60 / 180 / 24, abs=1e-6)
+
+
+def test_a_line_that_stays_wrong_is_refitted_after_twelve_ticks() -> None:
+    clock = TickClock()
+    for at in clock_times(5.0, [(120.0, 48)]):
+        clock.tick(at)
+    wobbly = clock_times(6.0 + 0.0107, [(120.0, 12)])  # half a tick later, wobbling
+    for i, at in enumerate(wobbly):
+        clock.tick(at + (0.0, 0.008)[i % 2])
+    assert clock.resets == 1 and clock.bursts == 3
+    assert clock.predict(60) == pytest.approx(wobbly[-1] + TICK_120 + 0.004, abs=0.003)
+
+
 def test_the_transport_numbers_ticks_as_the_song_does() -> None:
     t = Transport()
     assert t.tick(7) is None  # stopped: ticks measure the tempo only
