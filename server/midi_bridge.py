@@ -302,7 +302,7 @@ class MidiBridge:
         if song is None:
             return
         if self.want_start and ready:
-            self._start_loop(at)
+            self._start_loop(at, song)
         elif self.following:
             self._follow(song)
 
@@ -331,8 +331,9 @@ class MidiBridge:
                 return None
             return self.ticks.predict(offset), self.ticks.qpm
 
-    def _start_loop(self, now: float) -> None:
-        """Start the MIDI client's loop on the first bar line it can still make."""
+    def _start_loop(self, now: float, song: int) -> None:
+        """Start the MIDI client's loop on the first bar line it can still make (``song``:
+        the latest song tick)."""
         estimate = self._song_origin()
         if estimate is None:
             return
@@ -352,7 +353,7 @@ class MidiBridge:
         bar = melody.steps_per_bar
         start = max(0, math.ceil(position / bar) * bar)
         self.want_start = False
-        self._sync_listener(origin, qpm)
+        self._sync_listener(song, qpm)
         self.following = True
         core.player.play_from(MIDI_KEY, melody, origin, qpm, start, lookahead)
 
@@ -363,19 +364,23 @@ class MidiBridge:
         origin, qpm = estimate
         self.core.player.follow(MIDI_KEY, origin, qpm)
         if song % (TICKS_PER_QUARTER * 4) == 0:  # every bar
-            self._sync_listener(origin, qpm)
+            self._sync_listener(song, qpm)
             if not self.core.player.is_playing(MIDI_KEY):  # an answer played and ended
                 self.want_start = True
 
-    def _sync_listener(self, origin: float, qpm: float) -> None:
-        """Put the MIDI client's tempo and live clock on the host's bars."""
+    def _sync_listener(self, song: int, qpm: float) -> None:
+        """Put the MIDI client's tempo and live clock on the host's bars: song tick ``song``
+        (a recent one: /mvae/sync takes times near now) falls where the clock says."""
+        at = self.song_tick_time(song)
+        if at is None:
+            return
         qpm = min(400.0, max(20.0, qpm))
         with self.core.lock:
             client = self.core.client(MIDI_KEY)
             changed = abs(client.qpm - qpm) > TEMPO_STEP
         if changed:
             self._dispatch("/mvae/tempo", "f", [qpm])
-        self._dispatch("/mvae/sync", "f", [0.0], origin)
+        self._dispatch("/mvae/sync", "f", [song / TICKS_PER_QUARTER], at)
 
     def _stop_loop(self) -> None:
         self.following = False
@@ -407,8 +412,9 @@ class MidiBridge:
                         and self.transport.running:
                     with self.lock:
                         ready = self.ticks.ready and self.transport.offset is not None
+                        song = self.transport.next_tick - 1
                     if ready:
-                        self._start_loop(self.clock())
+                        self._start_loop(self.clock(), song)
                 elif item.address == f"{PREFIX}/error" and len(item.args) == 2:
                     self.reply_error(str(item.args[0]), str(item.args[1]))
 

@@ -6,11 +6,11 @@ with made-up times).
 when any tick falls. A host's clock jitters (a DAW sends it from a busy thread; JACK
 delivers it once per period), so one late tick only counts as an outlier. Three ticks in a
 row off the line on the same side, each further off, on a clean line of their own, are a
-tempo change and the fit starts again from them. Six in a row equally far off are a new
+tempo change and the fit starts again from them. Twelve in a row equally far off are a new
 phase, or, a whole number of ticks off, ticks lost on the way (a busy system drops MIDI):
 those are counted, so the song position stays right. Anything else (ticks held up on the
-way and delivered bunched) is ignored — for twelve ticks at most: then the line is fitted
-again from the latest six, whatever they are. After half a second without a tick (or a
+way and delivered bunched) is ignored — for a quarter note at most: then the line is fitted
+again from the latest twelve ticks, whatever they are. After half a second without a tick (or a
 quarter note) a new line starts.
 
 :class:`Transport` numbers the ticks as the host's song does: after Start the next tick is
@@ -34,8 +34,8 @@ TOLERANCE = 0.003  # seconds off the line a tick may fall before it is an outlie
 RELATIVE_TOLERANCE = 0.15  # ... or this share of a tick, whichever is larger
 CONFIRM = 3  # outliers in a row on one side, ever further off, that mean a new tempo ...
 CLEAN = 0.0015  # ... if they lie this close (seconds) to a line of their own
-STEADY = 6  # outliers in a row equally far off that mean lost ticks or a new phase
-LOST_LOCK = 12  # outliers in a row, whatever their pattern, after which the line is refitted
+STEADY = 12  # outliers in a row equally far off that mean lost ticks or a new phase
+LOST_LOCK = 24  # outliers in a row, whatever their pattern, after which the line is refitted
 GAP, GAP_TICKS = 0.5, 24  # silence (seconds, and ticks) after which a new line starts
 MIN_QPM, MAX_QPM = 20.0, 400.0  # tempi a host may plausibly send
 

@@ -72,14 +72,14 @@ def test_a_lost_tick_is_counted_and_a_burst_of_held_up_ticks_ignored() -> None:
     times = clock_times(5.0, [(120.0, 100)])
     for at in times[:50]:
         clock.tick(at)
-    numbers = [clock.tick(at) for at in times[51:60]]  # tick 50 never came
-    assert numbers == [*range(50, 55), *range(56, 60)]  # renumbered on the sixth
+    numbers = [clock.tick(at) for at in times[51:64]]  # tick 50 never came
+    assert numbers == [*range(50, 61), *range(62, 64)]  # renumbered on the twelfth
     assert clock.lost == 1 and clock.resets == 0
-    assert clock.predict(60) == pytest.approx(times[60], abs=1e-6)
-    stall = times[63] + 0.0001  # ticks 60-63 held up, then delivered together
+    assert clock.predict(64) == pytest.approx(times[64], abs=1e-6)
+    stall = times[67] + 0.0001  # ticks 64-67 held up, then delivered together
     for at in (stall, stall + 0.0002, stall + 0.0004, stall + 0.0006):
         clock.tick(at)
-    for at in times[64:]:
+    for at in times[68:]:
         clock.tick(at)
     assert clock.bursts == 1 and clock.resets == 0 and clock.lost == 1
     assert clock.predict(100) == pytest.approx(times[-1] + TICK_120, abs=1e-4)
@@ -93,10 +93,10 @@ def test_a_lost_tick_is_counted_and_a_burst_of_held_up_ticks_ignored() -> None:
         clock.tick(at + (0.012, 0.008, 0.004)[i - 1] if 1 <= i <= 3 else at)
     assert clock.resets == 0 and clock.bursts == 2
     assert clock.predict(140) == pytest.approx(resumed[-1] + TICK_120, abs=1e-4)
-    for at in clock_times(resumed[-1] + TICK_120 + 0.01, [(120.0, 8)]):  # the phase moved
+    for at in clock_times(resumed[-1] + TICK_120 + 0.01, [(120.0, 14)]):  # the phase moved
         clock.tick(at)
     assert clock.resets == 1 and clock.lost == 1
-    assert clock.predict(148) == pytest.approx(resumed[-1] + 9 * TICK_120 + 0.01, abs=1e-4)
+    assert clock.predict(154) == pytest.approx(resumed[-1] + 15 * TICK_120 + 0.01, abs=1e-4)
 
 
 def test_after_a_silence_the_clock_starts_a_new_line() -> None:
@@ -110,15 +110,15 @@ def test_after_a_silence_the_clock_starts_a_new_line() -> None:
     assert clock.predict(53) == pytest.approx(second[-1] + 60 / 180 / 24, abs=1e-6)
 
 
-def test_a_line_that_stays_wrong_is_refitted_after_twelve_ticks() -> None:
+def test_a_line_that_stays_wrong_is_refitted_after_a_quarter_note() -> None:
     clock = TickClock()
     for at in clock_times(5.0, [(120.0, 48)]):
         clock.tick(at)
-    wobbly = clock_times(6.0 + 0.0107, [(120.0, 12)])  # half a tick later, wobbling
+    wobbly = clock_times(6.0 + 0.0107, [(120.0, 24)])  # half a tick later, wobbling
     for i, at in enumerate(wobbly):
         clock.tick(at + (0.0, 0.008)[i % 2])
-    assert clock.resets == 1 and clock.bursts == 3
-    assert clock.predict(60) == pytest.approx(wobbly[-1] + TICK_120 + 0.004, abs=0.003)
+    assert clock.resets == 1 and clock.bursts == 7
+    assert clock.predict(72) == pytest.approx(wobbly[-1] + TICK_120 + 0.004, abs=0.003)
 
 
 def test_the_transport_numbers_ticks_as_the_song_does() -> None:
@@ -375,11 +375,11 @@ def test_with_the_host_clock_a_phrase_played_in_is_answered_on_the_hosts_bar_lin
     with server.core.lock:
         server.core.client(MIDI_KEY).melody = loop  # pitches 60-71; answers use others
     try:
-        times = clock_times(time.time() + 0.3, [(240.0, 24 + 11 * 96)])
+        times = clock_times(time.time() + 0.3, [(240.0, 24 + 13 * 96)])
         host.send_ticks(times[:24])
         host.send([0xFA])
         song = times[24:]
-        for bar in range(11):
+        for bar in range(13):  # 13 s: the listener is re-synced past /mvae/sync's 10 s
             if 1 <= bar <= 2:  # a phrase in bars 2 and 3: a note on every beat
                 for beat in range(4):
                     n = bar * 96 + beat * 24
@@ -391,6 +391,7 @@ def test_with_the_host_clock_a_phrase_played_in_is_answered_on_the_hosts_bar_lin
                 host.send_ticks(song[bar * 96:(bar + 1) * 96])
         host.send([0xFC])
         time.sleep(0.3)
+        assert server.midi is not None and not server.midi.stats.errors  # syncs all taken
     finally:
         server.close()
         host.close()
