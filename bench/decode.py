@@ -2,10 +2,10 @@
 
 For every non-tiny preset (untrained weights: latency does not depend on their values):
 * ``parallel_ms``: all bars decoded as one batch (16 autoregressive steps for a 16-step bar),
-  on the CPU decoder of melodyvae.cpu_decode (NumPy);
-* ``torch_stepper_ms``: the same decode on the PyTorch stepper (the CUDA/MPS path), and
+  on the NumPy backend of melodyvae.decode;
+* ``torch_stepper_ms``: the same decode on the PyTorch backend (the CUDA/MPS path), and
   ``numpy_speedup``, the ratio of the two;
-* ``rolling_ms``: the same decode through melodyvae.cpu_decode.Rolling, the server's CPU
+* ``rolling_ms``: the same decode through melodyvae.decode.Rolling, the server's CPU
   decoder (a batch that requests join and leave between steps), and
   ``rolling_over_parallel``, what that freedom costs at batch 1 (the two are timed in
   turns);
@@ -33,8 +33,8 @@ from functools import partial
 
 import torch
 
-from melodyvae import model as model_module
-from melodyvae.cpu_decode import numpy_context
+from melodyvae import decode
+from melodyvae.decode import numpy_context
 from melodyvae.model import VAE
 from melodyvae.presets import PRESETS, is_tiny
 
@@ -67,7 +67,7 @@ def paired_median_ms(a: Callable[[], object], b: Callable[[], object], repeats: 
 
 def rolling_decode(model: VAE, z: torch.Tensor) -> None:
     """One z through a rolling batch, from joining to its melody."""
-    rolling = model_module.rolling_decoder(model.decoder)
+    rolling = decode.rolling(model)
     assert rolling is not None
     with numpy_context():
         rolling.add([(0, z[0].numpy(), 0.0, None)])
@@ -89,7 +89,7 @@ def main() -> None:
         cfg = PRESETS[name].model
         model = VAE(cfg).eval()
         z = torch.randn(1, cfg.z_dim)
-        macs = model.decode_macs()
+        macs = decode.decode_macs(cfg)
         rows = cfg.bars if cfg.kind == "hier" else 1
         k = 4 * cfg.dec_hidden
         a, b = torch.randn(rows, k), torch.randn(k, max(1, round(macs / (rows * k))))
@@ -97,13 +97,13 @@ def main() -> None:
         k_all = max(1, round(macs / (m_all * k)))
         a_all, b_all = torch.randn(m_all, k_all), torch.randn(k_all, k)
         with torch.inference_mode():
-            parallel, rolling = paired_median_ms(partial(model.sample, z, parallel=True),
+            parallel, rolling = paired_median_ms(partial(decode.sample, model, z),
                                                  partial(rolling_decode, model, z),
                                                  args.repeats)
-            sequential = median_ms(partial(model.sample, z, parallel=False), args.repeats)
-            model_module.NUMPY_ON_CPU = False
-            stepper = median_ms(partial(model.sample, z, parallel=True), args.repeats)
-            model_module.NUMPY_ON_CPU = True
+            sequential = median_ms(partial(decode.sample, model, z, parallel=False),
+                                   args.repeats)
+            stepper = median_ms(partial(decode.sample, model, z, backend="torch"),
+                                args.repeats)
             floor = median_ms(partial(torch.mm, a, b), args.repeats)
             floor_all = median_ms(partial(torch.mm, a_all, b_all), args.repeats * 4)
         del a, b

@@ -1,6 +1,6 @@
 """Batch generation throughput: 16-bar melodies per second against a GEMM floor.
 
-Measures what ``melodyvae generate`` does per chunk: ``decode_batches`` on the hier-16bar
+Measures what ``melodyvae generate`` does per chunk: ``MelodyVAE.decode_batches`` on the hier-16bar
 model (``MelodyVAE.decode_tokens`` on a chunk of ``--batch`` latent vectors, sampling at
 ``--temperature``, tokens back on the host). Next to it, the floor: one ``torch.mm`` with the
 same multiply-adds as one decode times the batch, shaped (batch*bars, K) @ (K, 4*dec_hidden)
@@ -27,7 +27,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from melodyvae.commands import decode_batches, default_batch
+from melodyvae.decode import decode_macs
 from melodyvae.inference import MelodyVAE, ModelNotFoundError, pick_device
 from melodyvae.model import VAE
 from melodyvae.presets import get_preset
@@ -71,18 +71,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     vae, trained = load(args.device)
-    args.batch = args.batch or default_batch(vae)
+    args.batch = args.batch or vae.default_batch
     cfg = vae.config
     n = args.batch * args.chunks
     z = vae.sample_z(n, seed=0)
-    macs = vae.model.decode_macs()  # one decode, batch 1
+    macs = decode_macs(cfg)  # one decode, batch 1
     m, cols = args.batch * cfg.bars, 4 * cfg.dec_hidden
     k = max(1, round(macs * args.batch / (m * cols)))
     a = torch.randn(m, k, device=vae.device)
     b = torch.randn(k, cols, device=vae.device)
 
     def decode() -> None:
-        for tokens in decode_batches(vae, z, args.temperature, seed=0, batch_size=args.batch):
+        for tokens in vae.decode_batches(z, args.temperature, seed=0, batch_size=args.batch):
             assert tokens.shape == (min(args.batch, n), cfg.steps)
 
     def floor() -> None:

@@ -158,7 +158,8 @@ def flood(port: int, z_dim: int, rate: float, seconds: float) -> dict[str, Any]:
             stats = OscMessage(data).params
     sock.close()
     names = ["received", "requests", "decoded", "superseded", "batches", "max_batch",
-             "max_waiting", "clients", "encoded", "errors", "cancelled"]
+             "max_waiting", "clients", "encoded", "errors", "cancelled", "own", "blocked",
+             "ignored", "challenged", "throttled", "refused", "expired", "streams"]
     server = dict(zip(names, stats, strict=True))
     return {
         "sent": n,

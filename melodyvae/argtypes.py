@@ -44,8 +44,7 @@ def _check(value: float, low: float | None, high: float | None, text: str, unit:
     if low is not None and high is not None and not low <= value <= high:
         raise argparse.ArgumentTypeError(f"{text}{suffix} is outside {low:g}..{high:g}")
     if low is not None and value < low:
-        bound = "at least 1" if low == 1 else f"{low:g} or more"
-        raise argparse.ArgumentTypeError(f"{text} must be {bound}")
+        raise argparse.ArgumentTypeError(f"{text} must be at least {low:g}")
     if high is not None and value > high:
         raise argparse.ArgumentTypeError(f"{text} must be {high:g} or less")
 

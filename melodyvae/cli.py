@@ -14,14 +14,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from melodyvae.argtypes import non_negative_int, positive_int
-from melodyvae.errors import MelodyVAEError
+from melodyvae.errors import MelodyVAEError, UserError
+from melodyvae.presets import DEFAULT_MODEL
 
 PROG = "melodyvae"
 EXIT_USER_ERROR = 2
-
-
-class UserError(MelodyVAEError):
-    """A mistake in what the user asked for; printed as one line."""
 
 
 def _existing_file(text: str) -> Path:
@@ -45,6 +42,18 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _extract_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("extract", help="write the quantized melody the model would see",
+                       description="Take the melodic line of a MIDI file, put it on the "
+                                   "16th-note grid and write it as a one-track MIDI file.")
+    p.add_argument("input", metavar="IN.mid", type=_existing_file)
+    p.add_argument("output", metavar="OUT.mid", type=Path)
+    p.add_argument("--track", type=non_negative_int, default=None,
+                   help="take this track (0 = the first instrument) instead of the busiest "
+                        "non-drum one")
+    p.set_defaults(func=cmd_extract)
+
+
 def cmd_corpus(args: argparse.Namespace) -> int:
     from melodyvae.training import corpus as corpus_mod
 
@@ -64,120 +73,7 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from melodyvae.inference import resolve_model
-    from melodyvae.presets import get_preset, with_overrides
-    from melodyvae.training.train import RunOptions, train
-
-    preset = with_overrides(get_preset(args.preset), args.set or [])
-    if not Path(args.data).is_file():
-        raise UserError(f"{args.data}: no such corpus file (build one with melodyvae corpus)")
-    options = RunOptions(
-        out=Path(args.out), data=Path(args.data), resume=args.resume, device=args.device,
-        init_from=resolve_model(args.init_from) if args.init_from else None,
-        threads=args.threads, seed=args.seed, max_steps=args.max_steps,
-        max_minutes=args.max_minutes, checkpoint_every=args.checkpoint_every,
-        eval_every=args.eval_every, progress=not args.no_progress,
-    )
-    path = train(preset, options)
-    print(f"model written to {path}")
-    return 0
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from melodyvae.inference import MelodyVAE
-    from melodyvae.training.evaluate import evaluate_tokens, load_eval_data
-
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    if not Path(args.data).exists():
-        raise UserError(f"{args.data}: no such corpus file or folder")
-    vae = MelodyVAE.load(args.model, device=args.device)
-    tokens = load_eval_data(args.data, vae.bars, args.split)
-    metrics = {"model": vae.name, "data": str(args.data),
-               **evaluate_tokens(vae.model, tokens, args.batch_size)}
-    if args.json:
-        print(json.dumps(metrics))
-    else:
-        for key, value in metrics.items():
-            print(f"{key:>26}: {value:.4f}" if isinstance(value, float) else
-                  f"{key:>26}: {value}")
-    return 0
-
-
-def cmd_axes(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from melodyvae.checkpoint import write_info
-    from melodyvae.inference import MelodyVAE, resolve_model, shipped_models
-    from melodyvae.training.axes import axes_document
-    from melodyvae.training.evaluate import load_eval_data
-
-    if str(args.model) in shipped_models() and args.out is None:
-        raise UserError("give --out FILE to write axes for a shipped model")
-    if not Path(args.data).exists():
-        raise UserError(f"{args.data}: no such corpus file or folder")
-    vae = MelodyVAE.load(args.model, device=args.device)
-    tokens = load_eval_data(args.data, vae.bars, "train")
-    rng = np.random.default_rng(0)
-    if len(tokens) > args.phrases:
-        tokens = tokens[np.sort(rng.choice(len(tokens), args.phrases, replace=False))]
-    mus = [vae.encode_tokens(tokens[i : i + 512])[0].float().cpu().numpy()
-           for i in range(0, len(tokens), 512)]
-    doc = dict(vae.info)
-    doc["axes"] = axes_document(np.concatenate(mus), tokens)
-    out = args.out or resolve_model(args.model)
-    write_info(resolve_model(args.model), doc, out)
-    names = ", ".join([f"pc{i + 1}" for i in range(len(doc["axes"]["pca"]["std"]))]
-                      + doc["axes"]["attribute_names"])
-    print(f"{out}: axes from {len(tokens)} phrases: {names}")
-    return 0
-
-
-def cmd_models(args: argparse.Namespace) -> int:
-    from melodyvae.checkpoint import read_info
-    from melodyvae.inference import DEFAULT_MODEL, shipped_models
-
-    models = shipped_models()
-    if not models:
-        print("no shipped models installed")
-        return 0
-    for name, path in models.items():
-        info = read_info(path)
-        m = info["model"]
-        metrics = info.get("metrics") or {}
-        summary = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()
-                            if isinstance(v, float))
-        default = " (default)" if name == DEFAULT_MODEL else ""
-        print(f"{name}{default}: {m['kind']}, {m['bars']} bars, latent {m['z_dim']}"
-              + (f"; {summary}" if summary else ""))
-    return 0
-
-
-# ------------------------------------------------------------------ parser
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="A melody VAE you play like an instrument: train it on MIDI, explore its "
-                    "latent space, serve it over OSC.",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    p = sub.add_parser("extract", help="write the quantized melody the model would see",
-                       description="Take the melodic line of a MIDI file, put it on the "
-                                   "16th-note grid and write it as a one-track MIDI file.")
-    p.add_argument("input", metavar="IN.mid", type=_existing_file)
-    p.add_argument("output", metavar="OUT.mid", type=Path)
-    p.add_argument("--track", type=non_negative_int, default=None,
-                   help="take this track (0 = the first instrument) instead of the busiest "
-                        "non-drum one")
-    p.set_defaults(func=cmd_extract)
-
+def _corpus_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("corpus", help="build a phrase corpus from MIDI files or folk tunes",
                        description="Cut tunes into phrases of N bars, split by tune into "
                                    "train/valid/test, and write one corpus file.")
@@ -194,6 +90,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where parsed folk tunes are cached (~/.cache/melodyvae)")
     p.set_defaults(func=cmd_corpus)
 
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from melodyvae.inference import resolve_model
+    from melodyvae.presets import get_preset, with_overrides
+    from melodyvae.training.train import RunOptions, train
+
+    preset = with_overrides(get_preset(args.preset), args.set or [])
+    if not Path(args.data).is_file():
+        raise UserError(f"{args.data}: no such corpus file (build one with melodyvae corpus)")
+    options = RunOptions(
+        out=Path(args.out), data=Path(args.data), resume=args.resume, device=args.device,
+        init_from=resolve_model(args.init_from) if args.init_from else None,
+        threads=args.threads, seed=args.seed, max_steps=args.max_steps,
+        max_minutes=args.max_minutes, checkpoint_every=args.checkpoint_every,
+        eval_every=args.eval_every, progress=not args.no_progress, bf16=args.bf16,
+    )
+    path = train(preset, options)
+    print(f"model written to {path}")
+    return 0
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model on a corpus",
                        description="Train a preset on a corpus file. Under torchrun it "
                                    "trains on every process (DistributedDataParallel).")
@@ -216,8 +134,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=positive_int, default=200)
     p.add_argument("--eval-every", type=positive_int, default=200)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default: on CUDA and on CPUs with native bf16)")
     p.set_defaults(func=cmd_train)
 
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from melodyvae.inference import MelodyVAE
+    from melodyvae.training.evaluate import evaluate_tokens, load_eval_data
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if not Path(args.data).exists():
+        raise UserError(f"{args.data}: no such corpus file or folder")
+    vae = MelodyVAE.load(args.model, device=args.device)
+    tokens = load_eval_data(args.data, vae.bars, args.split)
+    metrics = {"model": vae.name, "data": str(args.data),
+               **evaluate_tokens(vae.model, tokens, args.batch_size)}
+    music = None
+    if args.music:
+        from melodyvae.training.evaluate import music_lines, music_measures, train_phrases
+
+        music = music_measures(vae, tokens, train_phrases(args.data, vae.bars), args.samples)
+    if args.json:
+        print(json.dumps(metrics if music is None else {**metrics, "music": music}))
+    else:
+        for key, value in metrics.items():
+            print(f"{key:>26}: {value:.4f}" if isinstance(value, float) else
+                  f"{key:>26}: {value}")
+        for line in music_lines(music) if music else []:
+            print(line)
+    return 0
+
+
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="reconstruction accuracy, NLL, KL, active units",
                        description="Evaluate a model on a corpus file's test split or on a "
                                    "folder of MIDI files.")
@@ -229,8 +181,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda or mps")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads")
+    p.add_argument("--music", action="store_true",
+                   help="add the musical measures (docs/measures.md): note F1, key fit, "
+                        "degenerate share, ... beside the data and a Markov baseline")
+    p.add_argument("--samples", type=positive_int, default=1000,
+                   help="prior samples per temperature with --music (1000)")
     p.set_defaults(func=cmd_evaluate)
 
+
+def cmd_axes(args: argparse.Namespace) -> int:
+    from melodyvae.axes import LatentAxes
+    from melodyvae.checkpoint import write_info
+    from melodyvae.inference import MelodyVAE, resolve_model, shipped_models
+    from melodyvae.training.axes import compute_axes
+    from melodyvae.training.evaluate import load_eval_data
+
+    if str(args.model) in shipped_models() and args.out is None:
+        raise UserError("give --out FILE to write axes for a shipped model")
+    if not Path(args.data).exists():
+        raise UserError(f"{args.data}: no such corpus file or folder")
+    vae = MelodyVAE.load(args.model, device=args.device)
+    tokens = load_eval_data(args.data, vae.bars, "train")
+    doc = dict(vae.info)
+    doc["axes"], used = compute_axes(vae, tokens, args.phrases)
+    out = args.out or resolve_model(args.model)
+    write_info(resolve_model(args.model), doc, out)
+    names = ", ".join(LatentAxes(vae.z_dim, doc["axes"]).names)
+    print(f"{out}: axes from {used} phrases: {names}")
+    return 0
+
+
+def _axes_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("axes", help="compute the latent sliders (PCA and attributes)",
                        description="Compute PCA axes and attribute vectors (note density, "
                                    "mean pitch, pitch range, mean interval, syncopation, rest "
@@ -243,8 +224,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda or mps")
     p.set_defaults(func=cmd_axes)
 
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from melodyvae.checkpoint import read_info
+    from melodyvae.inference import DEFAULT_MODEL, shipped_models
+
+    models = shipped_models()
+    if not models:
+        print("no shipped models installed")
+        return 0
+    for name, path in models.items():
+        info = read_info(path)
+        m = info["model"]
+        metrics = info.get("metrics") or {}
+        summary = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()
+                            if isinstance(v, float))
+        default = " (default)" if name == DEFAULT_MODEL else ""
+        print(f"{name}{default}: {m['kind']}, {m['bars']} bars, latent {m['z_dim']}"
+              + (f"; {summary}" if summary else ""))
+    from melodyvae.models import LICENCE
+
+    print(LICENCE)
+    return 0
+
+
+def _models_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the shipped models")
     p.set_defaults(func=cmd_models)
+
+
+# ------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="A melody VAE you play like an instrument: train it on MIDI, explore its "
+                    "latent space, serve it over OSC.",
+        epilog="generate, interpolate, vary, encode, decode, score and serve run a model: "
+               "each takes --model NAME|FILE (a shipped name, see 'melodyvae models', or a "
+               f"checkpoint file; default {DEFAULT_MODEL}) and --device auto|cpu|cuda|mps. "
+               "evaluate and axes take the model as their first argument; train, evaluate "
+               "and axes take --device too. extract, corpus, models, render, transcribe and "
+               "midi use no model. 'melodyvae COMMAND --help' says more.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    _extract_parser(sub)
+    _corpus_parser(sub)
+    _train_parser(sub)
+    _evaluate_parser(sub)
+    _axes_parser(sub)
+    _models_parser(sub)
 
     # Subcommands that live beside their code; each module's add_parsers() only declares
     # arguments and imports its heavy parts inside the handlers.

@@ -3,19 +3,28 @@ decode, score, render, transcribe).
 
 Each handler checks its arguments and input files first, then imports torch, librosa and
 the model code, so ``melodyvae --help`` stays quick. Known problems raise a
-:class:`~melodyvae.errors.MelodyVAEError`, which the main command prints as one line.
+:class:`~melodyvae.errors.MelodyVAEError` (:class:`~melodyvae.errors.UserError` for a bad
+argument), which the main command prints as one line.
 
 Conventions shared by the commands:
 
-* inputs are MIDI files or audio files (WAV, FLAC, Ogg, AIFF); audio goes through
-  :func:`melodyvae.audio.transcribe` first;
+* inputs are MIDI files or audio files (WAV, FLAC, Ogg, AIFF), read by
+  :func:`melodyvae.inference.read_melody` (audio is transcribed first);
 * an input longer than the model's phrase is cut to its first phrase (the model's number
   of bars), a shorter one is padded with rests; ``score`` instead scores every phrase;
-* batches decode on the model's device in chunks of ``--batch-size`` phrases; a run is
-  fixed by its seed (a seed is drawn and printed when none is given), so the same command
-  with the same seed writes byte-identical files;
-* MIDI files are written by :func:`melodyvae.midi.write_midi`: 480 ticks per quarter note, one piano
-  track whose note-offs precede note-ons at the same tick.
+* batches decode on the model's device in chunks of ``--batch-size`` phrases
+  (:meth:`melodyvae.inference.MelodyVAE.decode_batches`); a run is fixed by its seed (a
+  seed is drawn and printed when none is given), so the same command with the same seed
+  writes byte-identical files;
+* a batch (generate, interpolate, vary) writes PREFIX000.mid, ... into a folder, with
+  .wav and .png previews beside them when asked; a folder that already holds such a set
+  of the same prefix is refused, unless ``--force`` says to remove that set first (files
+  of other names stay);
+* MIDI files are written by :func:`melodyvae.midi.write_midi`: 480 ticks per quarter
+  note, a tempo track and a piano track whose note-offs precede note-ons at the same tick.
+
+Each subcommand's handler ``cmd_NAME`` is followed by the function that declares its
+parser; :func:`add_parsers` declares them all on the main parser.
 """
 
 from __future__ import annotations
@@ -25,14 +34,17 @@ import bisect
 import json
 import logging
 import math
+import re
 import secrets
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from melodyvae.argtypes import positive_int, real_number, whole_number
-from melodyvae.errors import MelodyVAEError
+from melodyvae.errors import UserError
+from melodyvae.pianoroll import roll_title
+from melodyvae.presets import CPU_BATCH, DEFAULT_MODEL, GPU_BATCH
 
 if TYPE_CHECKING:
     import numpy as np
@@ -42,23 +54,15 @@ if TYPE_CHECKING:
 
 _LOGGER = logging.getLogger(__name__)
 
-DEFAULT_MODEL_HELP = "hier-4bar"  # shown in --help; the default itself is inference's
-CPU_BATCH = 64  # melodies decoded together on a CPU: small enough for the cache
-GPU_BATCH = 1024  # melodies decoded together on a GPU
 SCORE_BATCH = 256  # phrases scored together (teacher-forced, one pass)
 SYNTHS = ("auto", "fluidsynth", "builtin")
+SET_SUFFIXES = ("mid", "wav", "png")  # what a batch writes per melody
 
 
 _SEED = whole_number(0, 2**63 - 1)
+_STEPS = whole_number(2)  # an interpolation's two ends
 _NON_NEGATIVE = real_number(0.0)
 _TEMPO = real_number(10.0, 400.0, unit="qpm")
-
-
-class CommandError(MelodyVAEError):
-    """A bad argument or input for one of these commands."""
-
-
-# ------------------------------------------------------------------ argument types
 
 
 # ------------------------------------------------------------------ shared helpers
@@ -68,22 +72,46 @@ def _check_files(*paths: Path) -> None:
     """Every input must exist before anything is loaded."""
     for path in paths:
         if not path.exists():
-            raise CommandError(f"{path}: no such file")
+            raise UserError(f"{path}: no such file")
         if not path.is_file():
-            raise CommandError(f"{path}: not a file")
+            raise UserError(f"{path}: not a file")
 
 
 def _check_dir(path: Path) -> Path:
     """An output folder must be a folder or not exist yet; it is made once work begins."""
     if path.exists() and not path.is_dir():
-        raise CommandError(f"{path}: exists and is not a folder")
+        raise UserError(f"{path}: exists and is not a folder")
     return path
+
+
+def _batch_folder(args: argparse.Namespace) -> tuple[Path, list[Path]]:
+    """A batch's folder and the files of an earlier set there (PREFIX, digits, then .mid,
+    .wav or .png): refused unless ``--force`` says to replace them."""
+    out, prefix = _check_dir(args.out), args.prefix
+    if Path(prefix).name != prefix:
+        raise UserError(f"--prefix {prefix!r}: give the start of a file name (no folders)")
+    if not out.is_dir():
+        return out, []
+    pattern = re.compile(re.escape(prefix) + r"\d+\.(" + "|".join(SET_SUFFIXES) + ")")
+    earlier = sorted(p for p in out.iterdir() if p.is_file() and pattern.fullmatch(p.name))
+    if earlier and not args.force:
+        raise UserError(f"{out}: already holds {_count(len(earlier), 'file')} of an earlier "
+                        f"set ({prefix}*.mid and previews); --force replaces them, or choose "
+                        "another --out or --prefix")
+    return out, earlier
+
+
+def _remove_earlier(earlier: list[Path]) -> str:
+    """Remove an earlier set just before a new one is written; words for the summary."""
+    for path in earlier:
+        path.unlink(missing_ok=True)
+    return f"; removed {_count(len(earlier), 'file')} of an earlier set" if earlier else ""
 
 
 def _check_out_file(path: Path) -> None:
     """An output file must not be a folder; its folder is made once work begins."""
     if path.is_dir():
-        raise CommandError(f"{path}: is a folder, give a file name")
+        raise UserError(f"{path}: is a folder, give a file name")
 
 
 def _check_synth(args: argparse.Namespace) -> None:
@@ -98,76 +126,32 @@ def _resolve_seed(seed: int | None) -> int:
     return secrets.randbelow(2**31) if seed is None else seed
 
 
-def chunk_seed(seed: int, chunk: int) -> int:
-    """The sampling seed of one decode chunk, derived from the run's seed."""
-    import numpy as np
-
-    return int(np.random.SeedSequence([seed, chunk]).generate_state(1)[0])
-
-
 def load_model(args: argparse.Namespace) -> MelodyVAE:
     """The model named by ``--model`` (the shipped default when absent), on ``--device``."""
     import torch
 
-    from melodyvae.inference import DEFAULT_MODEL, MelodyVAE
+    from melodyvae.inference import MelodyVAE
 
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
-    try:
-        return MelodyVAE.load(args.model or DEFAULT_MODEL, device=args.device)
-    except ValueError as e:
-        if isinstance(e, MelodyVAEError):
-            raise
-        raise CommandError(str(e)) from e
+    return MelodyVAE.load(args.model or DEFAULT_MODEL, device=args.device)
 
 
-def read_melody(path: Path, qpm: float | None = None) -> tuple[Melody, str]:
-    """A melody from a MIDI or audio file, and a few words on where it came from."""
-    from melodyvae.audio import looks_like_audio, transcribe_file
-
-    if looks_like_audio(path):
-        result = transcribe_file(path, qpm)
-        how = "estimated" if result.tempo_estimated else "given"
-        return result.melody, (f"transcribed {len(result.melody.notes)} notes at "
-                               f"{result.qpm:.1f} qpm ({how})")
-    from melodyvae.midi import read_midi
-
-    melody, info = read_midi(path)
-    return melody, f"{len(melody.notes)} notes from track {info.track}"
+def _left_out(vae: MelodyVAE, melody: Melody) -> tuple[int, int]:
+    """Bars and notes of a melody past the model's phrase, which the model does not hear."""
+    bars = max(0, melody.n_bars - vae.bars)
+    return bars, sum(1 for note in melody.notes if note.start >= vae.steps)
 
 
 def _phrase_note(vae: MelodyVAE, melody: Melody) -> str:
     """Words on how a melody was fitted to the model's phrase length."""
     if melody.total_steps > vae.steps:
-        return f"used its first {vae.bars} of {melody.n_bars} bars"
+        bars, notes = _left_out(vae, melody)
+        return (f"used its first {vae.bars} of {melody.n_bars} bars; the "
+                f"{_count(bars, 'bar')} after ({_count(notes, 'note')}) left out")
     if melody.total_steps < vae.steps:
         return f"padded {melody.n_bars} bars with rests to {vae.bars}"
     return f"{vae.bars} bars"
-
-
-def default_batch(vae: MelodyVAE) -> int:
-    """Melodies to decode at once on the model's device.
-
-    On a CPU the step-by-step decode spends much of its time in elementwise LSTM-cell
-    arithmetic; with 64 melodies (1,024 bars in flight) those tensors stay in cache while
-    the matrix products are still large (measured for hier-16bar: ~140 melodies/s at 32-128
-    against ~115-130 at 256-512, one thread).
-    """
-    return CPU_BATCH if vae.device.type == "cpu" else GPU_BATCH
-
-
-def decode_batches(vae: MelodyVAE, z: np.ndarray, temperature: float, seed: int,
-                   batch_size: int | None = None) -> Iterator[np.ndarray]:
-    """Decode (N, Z) latent vectors chunk by chunk on the model's device: (b, T) tokens.
-
-    Chunk ``k`` samples with :func:`chunk_seed` (seed, k), so a run is fixed by its seed
-    and batch size (:func:`default_batch` when None).
-    """
-    batch_size = batch_size or default_batch(vae)
-    for k, start in enumerate(range(0, len(z), batch_size)):
-        tokens = vae.decode_tokens(z[start:start + batch_size], temperature,
-                                   chunk_seed(seed, k))
-        yield tokens.cpu().numpy()
 
 
 def percentile_of(bits: float, heldout: Sequence[float] | None) -> float | None:
@@ -240,255 +224,26 @@ def _write_batch(vae: MelodyVAE, z: np.ndarray, args: argparse.Namespace, seed: 
     width = max(3, len(str(len(z) - 1)))
     with _progress(len(z), desc, args.quiet) as bar:
         index = 0
-        for tokens in decode_batches(vae, z, args.temperature, seed, args.batch_size):
+        for tokens in vae.decode_batches(z, args.temperature, seed, args.batch_size):
             for row in tokens:
                 melody = vae.melody_from_tokens(row, qpm)
                 name = f"{stem}{index:0{width}d}"
                 writer.write(melody, out / f"{name}.mid",
-                             f"{name}  ({vae.name}, temperature {args.temperature:g})")
+                             roll_title(name, vae.name, args.temperature, seed))
                 index += 1
                 bar.update(1)
     return writer
 
 
-# ------------------------------------------------------------------ handlers
-
-
-def cmd_generate(args: argparse.Namespace) -> int:
-    out = _check_dir(args.out)
-    _check_synth(args)
-    seed = _resolve_seed(args.seed)
-    vae = load_model(args)
-    z = vae.sample_z(args.n, seed)
-    writer = _write_batch(vae, z, args, seed, out, args.prefix, args.qpm, "generating")
-    print(f"{out}: {writer.summary()} of {vae.bars} bars from {vae.name} "
-          f"(temperature {args.temperature:g}, seed {seed})")
-    return 0
-
-
-def cmd_interpolate(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from melodyvae.inference import slerp
-
-    if args.steps < 2:
-        raise CommandError("--steps must be at least 2 (the two ends)")
-    _check_files(args.start, args.end)
-    out = _check_dir(args.out)
-    _check_synth(args)
-    seed = _resolve_seed(args.seed)
-    vae = load_model(args)
-    a, _ = read_melody(args.start, args.qpm)
-    b, _ = read_melody(args.end, args.qpm)
-    za, zb = vae.encode([a, b])
-    ts = np.linspace(0.0, 1.0, args.steps)
-    if args.lerp:
-        z = np.stack([(1 - t) * za + t * zb for t in ts])
-    else:
-        z = np.stack([slerp(za, zb, t) for t in ts])
-    qpm = args.qpm or a.qpm
-    writer = _write_batch(vae, z.astype(np.float32), args, seed, out, args.prefix, qpm,
-                          "interpolating")
-    how = "straight line" if args.lerp else "great circle (slerp)"
-    print(f"{out}: {writer.summary()} from {args.start.name} to {args.end.name} along a "
-          f"{how} in {vae.name}'s latent space"
-          + (f" (temperature {args.temperature:g}, seed {seed})" if args.temperature else ""))
-    return 0
-
-
-def cmd_vary(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    _check_files(args.input)
-    out = _check_dir(args.out)
-    _check_synth(args)
-    seed = _resolve_seed(args.seed)
-    vae = load_model(args)
-    melody, source = read_melody(args.input, args.qpm)
-    mu = vae.encode(melody)
-    rng = np.random.default_rng(seed)
-    z = (mu[None, :] + args.amount * rng.standard_normal((args.n, vae.z_dim))).astype(
-        np.float32)
-    writer = _write_batch(vae, z, args, seed, out, args.prefix, args.qpm or melody.qpm,
-                          "varying")
-    print(f"{out}: {writer.summary()} varying {args.input.name} ({source}; "
-          f"{_phrase_note(vae, melody)}) by {args.amount:g} with {vae.name} (seed {seed})")
-    return 0
-
-
-def cmd_encode(args: argparse.Namespace) -> int:
-    _check_files(args.input)
-    if args.out is not None:
-        _check_out_file(args.out)
-    vae = load_model(args)
-    melody, source = read_melody(args.input, args.qpm)
-    z = vae.encode(melody)
-    doc = {"model": vae.name, "input": str(args.input), "bars": vae.bars,
-           "z": [float(v) for v in z]}
-    text = json.dumps(doc)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-        print(f"{args.out}: {vae.z_dim}-number latent vector of {args.input.name} "
-              f"({source}; {_phrase_note(vae, melody)}) in {vae.name}")
-    elif args.json:
-        print(text)
-    else:
-        print(" ".join(f"{v:.6f}" for v in z))
-    return 0
-
-
-def _read_z(source: str) -> tuple[list[float], str | None]:
-    """Latent numbers from ``encode --json`` output or a bare JSON list; '-' is stdin."""
-    if source == "-":
-        text, name = sys.stdin.read(), "stdin"
-    else:
-        path = Path(source)
-        _check_files(path)
-        text, name = path.read_text(errors="replace"), str(path)
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise CommandError(f"{name}: not JSON ({e})") from e
-    model = None
-    if isinstance(doc, dict):
-        model = doc.get("model") if isinstance(doc.get("model"), str) else None
-        doc = doc.get("z")
-    if (not isinstance(doc, list) or not doc
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in doc)):
-        raise CommandError(f'{name}: wants a list of numbers or an object with "z": [...]')
-    values = [float(v) for v in doc]
-    if not all(math.isfinite(v) for v in values):
-        raise CommandError(f"{name}: the latent vector holds NaN or infinity")
-    return values, model
-
-
-def cmd_decode(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    values, named_model = _read_z(args.z_json)
-    _check_out_file(args.out)
-    _check_synth(args)
-    if args.model is None and named_model is not None:
-        from melodyvae.inference import shipped_models
-
-        if named_model in shipped_models():
-            args.model = named_model  # the model the vector came from
-    seed = _resolve_seed(args.seed)
-    vae = load_model(args)
-    if len(values) != vae.z_dim:
-        raise CommandError(f"the vector has {len(values)} numbers, {vae.name} takes "
-                           f"{vae.z_dim}")
-    tokens = vae.decode_tokens(np.asarray([values], dtype=np.float32), args.temperature,
-                               chunk_seed(seed, 0)).cpu().numpy()
-    melody = vae.melody_from_tokens(tokens[0], args.qpm)
-    writer = _Writer(args, vae.name)
-    writer.write(melody, args.out, f"{args.out.stem}  ({vae.name})")
-    extras = []
-    if writer.counts["wav"]:
-        extras.append(f"{args.out.with_suffix('.wav').name} ({writer.rendered_with})")
-    if writer.counts["png"]:
-        extras.append(args.out.with_suffix(".png").name)
-    print(f"{args.out}: {len(melody.notes)} notes, {vae.bars} bars from {vae.name}"
-          + (f" (temperature {args.temperature:g}, seed {seed})" if args.temperature else "")
-          + (f"; also {', '.join(extras)}" if extras else ""))
-    return 0
-
-
-def cmd_score(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from melodyvae.melody import to_tokens
-
-    _check_files(*args.inputs)
-    vae = load_model(args)
-    heldout = sorted((vae.info.get("novelty") or {}).get("heldout_bits") or [])
-    rows: list[dict[str, Any]] = []
-    tokens = []
-    for path in args.inputs:
-        melody, _ = read_melody(path, args.qpm)
-        found = 0
-        for start in range(0, max(melody.total_steps, 1), vae.steps):
-            phrase = melody.window(start, vae.steps)
-            if not phrase.notes:
-                continue  # a phrase of rests says nothing
-            first_bar = start // vae.steps_per_bar + 1
-            rows.append({"file": str(path), "phrase": found,
-                         "bars": [first_bar, first_bar + vae.bars - 1],
-                         "notes": len(phrase.notes)})
-            tokens.append(to_tokens(phrase)[0])
-            found += 1
-        if not found:
-            raise CommandError(f"{path}: no notes to score")
-    bits = vae.negative_elbo_bits(np.stack(tokens), args.batch_size)
-    for row, b in zip(rows, bits, strict=True):
-        row["bits"] = round(float(b), 3)
-        pct = percentile_of(float(b), heldout)
-        row["percentile"] = None if pct is None else round(pct, 1)
-    reference = len(heldout) if heldout else None
-    if args.json:
-        print(json.dumps({"model": vae.name, "heldout_phrases": reference, "phrases": rows}))
-        return 0
-    width = max(len("file"), *(len(r["file"]) for r in rows))
-    print(f"{'file':<{width}}  {'bars':>7}  {'notes':>5}  {'bits':>9}  {'percentile':>10}")
-    for r in rows:
-        shown = "n/a" if r["percentile"] is None else f"{r['percentile']:.1f}"
-        bars = f"{r['bars'][0]}-{r['bars'][1]}"
-        print(f"{r['file']:<{width}}  {bars:>7}  {r['notes']:>5}  {r['bits']:>9.2f}  "
-              f"{shown:>10}")
-    if reference:
-        print(f"percentile: the share of {vae.name}'s {reference} held-out phrases that "
-              "score lower (more typical); near 100 = unusual")
-    else:
-        print(f"percentile unavailable: {vae.name} ships no held-out scores")
-    return 0
-
-
-def cmd_render(args: argparse.Namespace) -> int:
-    from melodyvae.audio import choose_synth, render_midi
-
-    _check_files(args.input)
-    _check_out_file(args.output)
-    choose_synth(args.synth, args.soundfont)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    result = render_midi(args.input, args.output, args.synth, args.soundfont,
-                         args.sample_rate)
-    print(f"{args.output}: {result.seconds:.1f} s at {result.sample_rate} Hz, rendered with "
-          f"{result.describe()}")
-    return 0
-
-
-def cmd_transcribe(args: argparse.Namespace) -> int:
-    from melodyvae.audio import transcribe_file
-    from melodyvae.midi import write_midi
-
-    _check_files(args.input)
-    _check_out_file(args.output)
-    result = transcribe_file(args.input, args.qpm)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    write_midi(result.melody, args.output)
-    if args.png:
-        from melodyvae.pianoroll import save_pianoroll
-
-        save_pianoroll(result.melody, args.output.with_suffix(".png"), args.output.stem)
-    channels = {1: "mono", 2: "stereo"}.get(result.channels, f"{result.channels}-channel")
-    how = "estimated" if result.tempo_estimated else "given"
-    print(f"{args.output}: {len(result.melody.notes)} notes, {result.melody.n_bars} bars at "
-          f"{result.qpm:.1f} qpm ({how}), from {result.seconds:.1f} s of "
-          f"{result.sample_rate} Hz {channels} audio"
-          + (" (+ piano roll)" if args.png else ""))
-    return 0
-
-
-# ------------------------------------------------------------------ parsers
+# ------------------------------------------------------------------ options shared by the parsers
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("model")
     group.add_argument("--model", default=None, metavar="NAME|FILE",
-                       help=f"which trained model: a shipped name ({DEFAULT_MODEL_HELP}, "
+                       help=f"which trained model: a shipped name ({DEFAULT_MODEL}, "
                             "hier-16bar, flat-16bar; see 'melodyvae models') or a checkpoint "
-                            f"file (default {DEFAULT_MODEL_HELP})")
+                            f"file (default {DEFAULT_MODEL})")
     group.add_argument("--device", default="auto",
                        help="where the model runs: auto (a GPU when there is one), cpu, "
                             "cuda or mps")
@@ -509,6 +264,10 @@ def _sampling_options(p: argparse.ArgumentParser, temperature: float) -> None:
 def _batch_options(p: argparse.ArgumentParser, prefix: str) -> None:
     p.add_argument("--prefix", default=prefix,
                    help=f"start of each file name (default {prefix!r}: {prefix}000.mid, ...)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an earlier set in the folder: its PREFIX###.mid files and "
+                        "their .wav and .png previews (without --force a folder holding "
+                        "such files is refused; other files are left alone)")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help=f"melodies worked on at once (default {CPU_BATCH} on a CPU, "
                         f"{GPU_BATCH} on a GPU); part of what a seed repeats")
@@ -542,8 +301,23 @@ def _input_tempo_option(p: argparse.ArgumentParser, also_output: bool) -> None:
                         f"the recording when not given){words}")
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """Declare this module's subcommands on the main parser."""
+# ------------------------------------------------------------ subcommands: handler, then parser
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    out, earlier = _batch_folder(args)
+    _check_synth(args)
+    seed = _resolve_seed(args.seed)
+    vae = load_model(args)
+    z = vae.sample_z(args.n, seed)
+    removed = _remove_earlier(earlier)
+    writer = _write_batch(vae, z, args, seed, out, args.prefix, args.qpm, "generating")
+    print(f"{out}: {writer.summary()} of {vae.bars} bars from {vae.name} "
+          f"(temperature {args.temperature:g}, seed {seed}){removed}")
+    return 0
+
+
+def _generate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "generate", help="write a folder of new melodies (MIDI, WAV previews, piano rolls)",
         description="Dream up N new melodies from the model and write each as a MIDI file "
@@ -552,7 +326,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-n", type=positive_int, default=8, metavar="N",
                    help="how many melodies (default 8)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR",
-                   help="folder to write into (made if missing)")
+                   help="folder to write into (made if missing; see --force)")
     p.add_argument("--qpm", type=_TEMPO, default=120.0,
                    help="tempo of the files in quarter notes per minute (default 120)")
     _sampling_options(p, 0.5)
@@ -561,6 +335,33 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _model_options(p)
     p.set_defaults(func=cmd_generate)
 
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    from melodyvae.inference import read_melody
+
+    _check_files(args.start, args.end)
+    out, earlier = _batch_folder(args)
+    _check_synth(args)
+    seed = _resolve_seed(args.seed)
+    vae = load_model(args)
+    a, _ = read_melody(args.start, args.qpm)
+    b, _ = read_melody(args.end, args.qpm)
+    z = vae.interpolation(a, b, args.steps, "lerp" if args.lerp else "slerp")
+    qpm = args.qpm or a.qpm
+    removed = _remove_earlier(earlier)
+    writer = _write_batch(vae, z, args, seed, out, args.prefix, qpm, "interpolating")
+    how = "straight line" if args.lerp else "great circle (slerp)"
+    fitted = "".join(f"; {path.name}: {_phrase_note(vae, melody)}"
+                     for path, melody in ((args.start, a), (args.end, b))
+                     if melody.total_steps != vae.steps)
+    print(f"{out}: {writer.summary()} from {args.start.name} to {args.end.name} along a "
+          f"{how} in {vae.name}'s latent space"
+          + (f" (temperature {args.temperature:g}, seed {seed})" if args.temperature else "")
+          + fitted + removed)
+    return 0
+
+
+def _interpolate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "interpolate", help="morph from one melody to another in K steps",
         description="Blend melody A into melody B: both are placed in the model's latent "
@@ -569,8 +370,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     "first phrase (the model's number of bars) is used.")
     p.add_argument("start", type=Path, metavar="A.mid", help="where the morph starts")
     p.add_argument("end", type=Path, metavar="B.mid", help="where it ends")
-    p.add_argument("--steps", type=positive_int, default=5, metavar="K",
-                   help="melodies to write, both ends included (default 5)")
+    p.add_argument("--steps", type=_STEPS, default=5, metavar="K",
+                   help="melodies to write, both ends included: at least 2 (default 5)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write")
     p.add_argument("--lerp", action="store_true",
                    help="walk a straight line between the two (default: a great-circle arc, "
@@ -582,6 +383,29 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _model_options(p)
     p.set_defaults(func=cmd_interpolate)
 
+
+def cmd_vary(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from melodyvae.inference import read_melody, vary
+
+    _check_files(args.input)
+    out, earlier = _batch_folder(args)
+    _check_synth(args)
+    seed = _resolve_seed(args.seed)
+    vae = load_model(args)
+    melody, source = read_melody(args.input, args.qpm)
+    z = vary(vae.encode(melody), args.amount, seed, args.n).astype(np.float32)
+    removed = _remove_earlier(earlier)
+    writer = _write_batch(vae, z, args, seed, out, args.prefix, args.qpm or melody.qpm,
+                          "varying")
+    print(f"{out}: {writer.summary()} varying {args.input.name} ({source}; "
+          f"{_phrase_note(vae, melody)}) by {args.amount:g} with {vae.name} (seed "
+          f"{seed}){removed}")
+    return 0
+
+
+def _vary_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "vary", help="write N variations of a melody (MIDI or a hummed WAV)",
         description="Write N variations on a melody: the model hears the input, then "
@@ -601,11 +425,44 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _model_options(p)
     p.set_defaults(func=cmd_vary)
 
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from melodyvae.inference import read_melody
+
+    _check_files(args.input)
+    if args.out is not None:
+        _check_out_file(args.out)
+    vae = load_model(args)
+    melody, source = read_melody(args.input, args.qpm)
+    z = vae.encode(melody)
+    doc = {"model": vae.name, "input": str(args.input), "bars": vae.bars,
+           "input_bars": melody.n_bars, "z": [float(v) for v in z]}
+    text = json.dumps(doc)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+        print(f"{args.out}: {vae.z_dim}-number latent vector of {args.input.name} "
+              f"({source}; {_phrase_note(vae, melody)}) in {vae.name}")
+        return 0
+    if args.json:
+        print(text)
+    else:
+        print(" ".join(f"{v:.6f}" for v in z))
+    bars, notes = _left_out(vae, melody)
+    if notes:  # said beside the numbers, so that stdout stays what scripts read
+        print(f"melodyvae: note: {args.input.name}: encoded bars 1-{vae.bars} of "
+              f"{melody.n_bars} ({vae.name}'s phrase); the {_count(bars, 'bar')} after "
+              f"({_count(notes, 'note')}) left out", file=sys.stderr)
+    return 0
+
+
+def _encode_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "encode", help="print a melody's position in the latent space",
         description="Place a melody (MIDI, or a recording transcribed first) in the model's "
                     "latent space and print the numbers: the mean of what the encoder "
-                    "hears. Only the first phrase (the model's number of bars) is used. "
+                    "hears. Only the first phrase (the model's number of bars) is used; "
+                    "a note on standard error says how many bars past it were left out. "
                     "'melodyvae decode' turns the numbers back into music.")
     p.add_argument("input", type=Path, metavar="IN.mid|IN.wav")
     p.add_argument("--json", action="store_true",
@@ -617,6 +474,67 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _model_options(p)
     p.set_defaults(func=cmd_encode)
 
+
+def _read_z(source: str) -> tuple[list[float], str | None]:
+    """Latent numbers from ``encode --json`` output or a bare JSON list; '-' is stdin."""
+    if source == "-":
+        text, name = sys.stdin.read(), "stdin"
+    else:
+        path = Path(source)
+        _check_files(path)
+        text, name = path.read_text(errors="replace"), str(path)
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{name}: not JSON ({e})") from e
+    model = None
+    if isinstance(doc, dict):
+        model = doc.get("model") if isinstance(doc.get("model"), str) else None
+        doc = doc.get("z")
+    if (not isinstance(doc, list) or not doc
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in doc)):
+        raise UserError(f'{name}: wants a list of numbers or an object with "z": [...]')
+    values = [float(v) for v in doc]
+    if not all(math.isfinite(v) for v in values):
+        raise UserError(f"{name}: the latent vector holds NaN or infinity")
+    return values, model
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from melodyvae.inference import chunk_seed
+
+    values, named_model = _read_z(args.z_json)
+    _check_out_file(args.out)
+    _check_synth(args)
+    if args.model is None and named_model is not None:
+        from melodyvae.inference import shipped_models
+
+        if named_model in shipped_models():
+            args.model = named_model  # the model the vector came from
+    seed = _resolve_seed(args.seed)
+    vae = load_model(args)
+    if len(values) != vae.z_dim:
+        raise UserError(f"the vector has {len(values)} numbers, {vae.name} takes "
+                           f"{vae.z_dim}")
+    tokens = vae.decode_tokens(np.asarray([values], dtype=np.float32), args.temperature,
+                               chunk_seed(seed, 0)).cpu().numpy()
+    melody = vae.melody_from_tokens(tokens[0], args.qpm)
+    writer = _Writer(args, vae.name)
+    writer.write(melody, args.out, roll_title(args.out.stem, vae.name, args.temperature, seed))
+    extras = []
+    if writer.counts["wav"]:
+        extras.append(f"{args.out.with_suffix('.wav').name} ({writer.rendered_with})")
+    if writer.counts["png"]:
+        extras.append(args.out.with_suffix(".png").name)
+    print(f"{args.out}: {len(melody.notes)} notes, {vae.bars} bars from {vae.name}"
+          + (f" (temperature {args.temperature:g}, seed {seed})" if args.temperature else "")
+          + (f"; also {', '.join(extras)}" if extras else ""))
+    return 0
+
+
+def _decode_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "decode", help="turn latent numbers back into a MIDI melody",
         description="Write the melody at a point of the latent space, read from the JSON "
@@ -633,6 +551,58 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _model_options(p)
     p.set_defaults(func=cmd_decode)
 
+
+def cmd_score(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from melodyvae.inference import read_melody
+    from melodyvae.melody import to_tokens
+
+    _check_files(*args.inputs)
+    vae = load_model(args)
+    heldout = sorted((vae.info.get("novelty") or {}).get("heldout_bits") or [])
+    rows: list[dict[str, Any]] = []
+    tokens = []
+    for path in args.inputs:
+        melody, _ = read_melody(path, args.qpm)
+        found = 0
+        for start in range(0, max(melody.total_steps, 1), vae.steps):
+            phrase = melody.window(start, vae.steps)
+            if not phrase.notes:
+                continue  # a phrase of rests says nothing
+            first_bar = start // vae.steps_per_bar + 1
+            rows.append({"file": str(path), "phrase": found,
+                         "bars": [first_bar, first_bar + vae.bars - 1],
+                         "notes": len(phrase.notes)})
+            tokens.append(to_tokens(phrase)[0])
+            found += 1
+        if not found:
+            raise UserError(f"{path}: no notes to score")
+    bits = vae.negative_elbo_bits(np.stack(tokens), args.batch_size)
+    for row, b in zip(rows, bits, strict=True):
+        row["bits"] = round(float(b), 3)
+        pct = percentile_of(float(b), heldout)
+        row["percentile"] = None if pct is None else round(pct, 1)
+    reference = len(heldout) if heldout else None
+    if args.json:
+        print(json.dumps({"model": vae.name, "heldout_phrases": reference, "phrases": rows}))
+        return 0
+    width = max(len("file"), *(len(r["file"]) for r in rows))
+    print(f"{'file':<{width}}  {'bars':>7}  {'notes':>5}  {'bits':>9}  {'percentile':>10}")
+    for r in rows:
+        shown = "n/a" if r["percentile"] is None else f"{r['percentile']:.1f}"
+        bars = f"{r['bars'][0]}-{r['bars'][1]}"
+        print(f"{r['file']:<{width}}  {bars:>7}  {r['notes']:>5}  {r['bits']:>9.2f}  "
+              f"{shown:>10}")
+    if reference:
+        print(f"percentile: the share of {vae.name}'s {reference} held-out phrases that "
+              "score lower (more typical); near 100 = unusual")
+    else:
+        print(f"percentile unavailable: {vae.name} ships no held-out scores")
+    return 0
+
+
+def _score_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "score", help="how unusual is a melody? (novelty in bits, and its percentile)",
         description="Rate how surprising each phrase is to the model: the bits it needs to "
@@ -650,6 +620,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _model_options(p)
     p.set_defaults(func=cmd_score)
 
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from melodyvae.audio import choose_synth, render_midi
+
+    _check_files(args.input)
+    _check_out_file(args.output)
+    choose_synth(args.synth, args.soundfont)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    result = render_midi(args.input, args.output, args.synth, args.soundfont,
+                         args.sample_rate)
+    print(f"{args.output}: {result.seconds:.1f} s at {result.sample_rate} Hz, rendered with "
+          f"{result.describe()}")
+    return 0
+
+
+def _render_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "render", help="play a MIDI file into a WAV file",
         description="Render a MIDI file to audio you can listen to without a DAW: "
@@ -663,6 +649,31 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="sample rate of the WAV (default 44100)")
     p.set_defaults(func=cmd_render)
 
+
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    from melodyvae.audio import transcribe_file
+    from melodyvae.midi import write_midi
+
+    _check_files(args.input)
+    _check_out_file(args.output)
+    result = transcribe_file(args.input, args.qpm)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    write_midi(result.melody, args.output)
+    if args.png:
+        from melodyvae.pianoroll import save_pianoroll
+
+        save_pianoroll(result.melody, args.output.with_suffix(".png"), roll_title(
+            args.output.stem, source=f"transcribed from {args.input.name} at {result.qpm:g} qpm"))
+    channels = {1: "mono", 2: "stereo"}.get(result.channels, f"{result.channels}-channel")
+    how = "estimated" if result.tempo_estimated else "given"
+    print(f"{args.output}: {len(result.melody.notes)} notes, {result.melody.n_bars} bars at "
+          f"{result.qpm:.1f} qpm ({how}), from {result.seconds:.1f} s of "
+          f"{result.sample_rate} Hz {channels} audio"
+          + (" (+ piano roll)" if args.png else ""))
+    return 0
+
+
+def _transcribe_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "transcribe", help="turn a sung, hummed or played line (WAV) into MIDI",
         description="Listen to a recording of one voice or instrument and write its notes "
@@ -675,3 +686,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="tempo in quarter notes per minute (estimated when not given)")
     p.add_argument("--png", action="store_true", help="also draw a piano roll (OUT.png)")
     p.set_defaults(func=cmd_transcribe)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Declare this module's subcommands on the main parser, in the order --help lists them."""
+    _generate_parser(sub)
+    _interpolate_parser(sub)
+    _vary_parser(sub)
+    _encode_parser(sub)
+    _decode_parser(sub)
+    _score_parser(sub)
+    _render_parser(sub)
+    _transcribe_parser(sub)

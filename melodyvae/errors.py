@@ -7,3 +7,7 @@ answers them with ``/mvae/error``. Anything else is a bug and keeps its tracebac
 
 class MelodyVAEError(Exception):
     """Bad input: a file, an argument, a message or a checkpoint that cannot be used."""
+
+
+class UserError(MelodyVAEError):
+    """A mistake in what was asked for on the command line (an argument, a missing input)."""

@@ -22,6 +22,7 @@ from pathlib import Path
 import pretty_midi
 
 from melodyvae.errors import MelodyVAEError
+from melodyvae.limits import MAX_MIDI_BYTES, FileRefusedError, TooLargeError, read_midi_bytes
 from melodyvae.melody import (
     STEPS_PER_QUARTER,
     Melody,
@@ -32,6 +33,8 @@ from melodyvae.melody import (
 )
 
 _LOGGER = logging.getLogger(__name__)
+
+MIDI_SUFFIXES = (".mid", ".midi", ".kar", ".smf")  # Standard MIDI File name endings
 
 
 class MidiError(MelodyVAEError, ValueError):
@@ -60,14 +63,26 @@ class MidiInfo:
     tempo_changes: int  # tempo changes after the first tempo (honoured when quantizing)
 
 
-def load_pretty_midi(path: str | os.PathLike[str]) -> pretty_midi.PrettyMIDI:
-    """Parse a MIDI file, turning every parse failure into :class:`NotMidiError`."""
+class MidiTooLargeError(NotMidiError):
+    """A file over the MIDI size limit (refused before it is read)."""
+
+
+def load_pretty_midi(path: str | os.PathLike[str], *, max_bytes: int = MAX_MIDI_BYTES,
+                     root: str | os.PathLike[str] | None = None,
+                     follow_links: bool = True) -> pretty_midi.PrettyMIDI:
+    """Parse a MIDI file, turning every parse failure into :class:`NotMidiError`.
+
+    The file is opened and checked first (:func:`melodyvae.limits.read_midi_bytes`): a
+    regular file of at most ``max_bytes`` (inside ``root`` when given, not a link when
+    ``follow_links`` is false) starting with ``MThd``.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise NotMidiError(f"{path}: no such file")
-    data = path.read_bytes()
-    if not data.startswith(b"MThd"):
-        raise NotMidiError(f"{path}: not a MIDI file (no MThd header)")
+    try:
+        data = read_midi_bytes(path, root=root, follow_links=follow_links, max_bytes=max_bytes)
+    except TooLargeError as e:
+        raise MidiTooLargeError(str(e)) from e
+    except FileRefusedError as e:
+        raise NotMidiError(str(e)) from e
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -77,14 +92,17 @@ def load_pretty_midi(path: str | os.PathLike[str]) -> pretty_midi.PrettyMIDI:
 
 
 def read_midi(
-    path: str | os.PathLike[str], track: int | None = None
+    path: str | os.PathLike[str], track: int | None = None, *,
+    max_bytes: int = MAX_MIDI_BYTES, root: str | os.PathLike[str] | None = None,
+    follow_links: bool = True,
 ) -> tuple[Melody, MidiInfo]:
     """Read the melodic line of a MIDI file as a :class:`Melody`.
 
     ``track`` is an index into the file's instruments (as pretty_midi lists them, from 0);
-    ``None`` picks the line by the rule in this module's docstring.
+    ``None`` picks the line by the rule in this module's docstring. The file limits are
+    :func:`load_pretty_midi`'s.
     """
-    pm = load_pretty_midi(path)
+    pm = load_pretty_midi(path, max_bytes=max_bytes, root=root, follow_links=follow_links)
     return melody_from_pretty_midi(pm, track, name=str(path))
 
 
@@ -146,20 +164,6 @@ def melody_from_pretty_midi(
     _LOGGER.debug("%s: took track %d of %d, %d notes", name, best_track, len(instruments),
                   len(melody.notes))
     return melody, info
-
-
-def melody_to_pretty_midi(melody: Melody, program: int = 0) -> pretty_midi.PrettyMIDI:
-    """A one-instrument MIDI file of ``melody`` at its tempo and meter."""
-    pm = pretty_midi.PrettyMIDI(initial_tempo=melody.qpm)
-    pm.time_signature_changes.append(pretty_midi.TimeSignature(*melody.time_signature, 0.0))
-    instrument = pretty_midi.Instrument(program=program, name="melody")
-    step = melody.seconds_per_step
-    for note in melody.notes:
-        instrument.notes.append(
-            pretty_midi.Note(note.velocity, note.pitch, note.start * step, note.end * step)
-        )
-    pm.instruments.append(instrument)
-    return pm
 
 
 MIDI_TICKS_PER_QUARTER = 480  # resolution of the files melodyvae writes

@@ -77,8 +77,16 @@ class Preset:
 
 BASE = Preset("base", ModelConfig(), TrainConfig(), "")
 
+# What the inference facade (melodyvae.inference) takes when not told; here, so that
+# command-line help can show them without importing torch.
+DEFAULT_MODEL = "hier-4bar"  # the shipped model (named after its preset) used when none is named
+CPU_BATCH = 64  # melodies decoded together on a CPU: small enough for the cache
+GPU_BATCH = 1024  # melodies decoded together on a GPU
+
+# Tiny models for tests: two-layer conductor and decoder, as the shipped 16-bar models have,
+# so the decoders' upper layers are exercised.
 _TINY_MODEL = dict(embed_dim=8, z_dim=8, enc_hidden=16, enc_layers=1, cond_hidden=16,
-                   cond_layers=1, dec_hidden=16, dec_layers=1)
+                   cond_layers=2, dec_hidden=16, dec_layers=2)
 _TINY_TRAIN = dict(batch_size=8, max_steps=50)
 
 
@@ -97,14 +105,13 @@ PRESETS: dict[str, Preset] = {
     for p in (
         # The live default decodes bars with one LSTM layer of 256 units: a third less
         # weight to stream per step than two layers of 192, so a decode takes ~2/3 the time
-        # on a CPU core at the same accuracy.
+        # on a CPU core.
         _preset("hier-4bar", "4-bar hierarchical melody VAE (the live default)",
                 dict(bars=4, z_dim=128, cond_hidden=192, dec_hidden=256, dec_layers=1),
                 dict(free_bits=128.0)),
-        # The 16-bar models read 256 steps with a one-layer encoder (the second layer tripled
-        # the cost of a training step on a CPU) as wide as hier-4bar's, so both can start
-        # from its weights (``--init-from``; hier-16bar's 2 x 192 bar decoder came from an
-        # earlier hier-4bar that had one).
+        # The 16-bar models read 256 steps with a one-layer encoder (a second layer triples
+        # the cost of a training step on a CPU) as wide as hier-4bar's, so that its encoder
+        # weights can start them (``--init-from``).
         _preset("hier-16bar", "16-bar hierarchical melody VAE (conductor over 16 bars)",
                 dict(bars=16, z_dim=256, enc_layers=1, cond_hidden=192, dec_hidden=192),
                 dict(free_bits=256.0)),

@@ -11,12 +11,17 @@ list as ``send``, ``live.run_due()``, ``engine.run_pending()`` and ``player.tick
 Clients are told apart by where their replies go: the sender's address, unless
 ``--reply-host`` / ``--reply-port`` or a ``/mvae/reply`` message say otherwise (so several
 one-shot ``oscsend`` calls against a server with ``--reply-port`` share one state).
+
+Before any of that, the :class:`~melodyvae.server.guard.Guard` decides whether a datagram
+is read at all and whether a reply may go out (never to the server itself, never more than
+a request justifies to an unverified address, never past a byte cap per destination).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import math
 import random
 import threading
 import time
@@ -29,8 +34,17 @@ import numpy as np
 
 from melodyvae.errors import MelodyVAEError
 from melodyvae.melody import Melody, from_note_list
+from melodyvae.server.clients import ClientTable
 from melodyvae.server.engine import DecodeJob, EncodeJob, Engine
 from melodyvae.server.files import FileJob, FileLoader, allowed_path
+from melodyvae.server.guard import (
+    DEFAULT_LEASE_S,
+    DEFAULT_REPLY_RATE,
+    REPLY_ONLY,
+    VERIFY_ADDRESS,
+    Guard,
+    Network,
+)
 from melodyvae.server.live import Listener
 from melodyvae.server.playback import Player
 from melodyvae.server.protocol import (
@@ -43,7 +57,7 @@ from melodyvae.server.protocol import (
     error_message,
     parse_packet,
 )
-from melodyvae.server.state import Addr, AxesError, BoundedMap, ClientState, LatentAxes
+from melodyvae.server.state import Addr, AxesError, BoundedMap, ClientState
 
 if TYPE_CHECKING:
     from melodyvae.inference import MelodyVAE
@@ -58,9 +72,12 @@ QPM_RANGE = (20.0, 400.0)
 MAX_LOOKAHEAD_MS = 2000.0
 MAX_BEATS = 10_000.0  # note-list start and duration limit, in beats
 MAX_NAME = 64  # characters of a slot name
+MAX_AXES_SET = 16  # (name, value) pairs one /mvae/axis may set
 MAX_PATH = 1024
 MAX_PING_ARGS = 16  # arguments /mvae/ping echoes back in /mvae/pong
+MAX_Z = 50.0  # |value| of a latent dimension sent by /mvae/z or /mvae/z/i (z ~ N(0, I))
 REPLY_ADDRESS = f"{PREFIX}/reply"
+ATTACHED_HOST = "tab"  # host part of the keys of attached clients (never a UDP address)
 CORNERS = ("A", "B", "C", "D")  # /mvae/blend slots: (0,0) (1,0) (0,1) (1,1)
 
 
@@ -74,6 +91,9 @@ class ServerConfig:
     max_clients: int = 64  # clients remembered; the least recently heard is forgotten
     max_slots: int = 64  # slots per client; the oldest is forgotten
     lookahead: float = 0.1  # seconds, default playback lookahead of a new client
+    allow_from: tuple[Network, ...] = ()  # networks read besides loopback
+    reply_rate: int = DEFAULT_REPLY_RATE  # bytes per second to one destination, at most
+    lease: float = DEFAULT_LEASE_S  # seconds a stream plays without a message from its client
 
 
 Handler = Callable[[ClientState, Args], None]
@@ -90,19 +110,24 @@ class ServerCore:
         self._send = send
         self.lock = threading.RLock()  # client state: network, worker and playback threads
         self._send_lock = threading.Lock()
-        self.axes = LatentAxes(vae.z_dim, vae.axes)
-        self.clients: BoundedMap[Addr, ClientState] = BoundedMap(
+        self.guard = Guard(self.config.allow_from, self.config.reply_rate, self.config.lease,
+                           self.config.max_clients * 4, self.config.reply_host)
+        self.axes = vae.latent_axes
+        self.clients: ClientTable[Addr, ClientState] = ClientTable(
             self.config.max_clients, self._evicted)
         self.routes: BoundedMap[Addr, int] = BoundedMap(self.config.max_clients * 4)
         self.engine = Engine(vae, self, self.lock, self.config.max_clients)
-        self.player = Player(self.send, clock)
-        self.files = FileLoader(self._file_read, self.failed, self.config.max_clients)
+        self.player = Player(self.send, clock, self.config.lease, self._expired)
+        self.files = FileLoader(self._file_read, self.failed, self.config.max_clients,
+                                self.config.allow_dir)
         self.melody_ids = itertools.count(1)
         self.live = Listener(vae, self.player, self.engine, self.lock, self.axes.attributes,
                              self.send, self.error, lambda: next(self.melody_ids), clock)
         self.random = random.Random()  # seeds for /mvae/sample and /mvae/vary without one
         self.received = 0  # datagrams handled
         self.errors = 0  # /mvae/error replies sent
+        # Clients on another transport (browser tabs, web.py): replies go to their callable
+        self.attached: dict[Addr, Callable[[bytes], None]] = {}
         self.handlers: dict[str, Handler] = {
             f"{PREFIX}/{name}": handler for name, handler in (
                 ("ping", self._ping), ("status", self._status), ("stats", self._stats),
@@ -127,14 +152,27 @@ class ServerCore:
         self.live.start()
 
     def close(self) -> None:
-        self.live.stop()
+        self.live.close()
         self.player.close()
-        self.files.stop()
-        self.engine.stop()
+        self.files.close()
+        self.engine.close()
 
     # ------------------------------------------------------------ sending
     def send(self, data: bytes, addr: Addr) -> None:
-        """Send one datagram; safe from any thread; a failed send is logged, not raised."""
+        """Send one datagram if the guard lets it go (a trusted destination, under its byte
+        cap, not the server itself); safe from any thread; a failed send is logged, not
+        raised. An attached client's replies go to it (a gone tab's are dropped)."""
+        deliver = self.attached.get(addr)
+        if deliver is not None:
+            deliver(data)
+            return
+        if addr[0] == ATTACHED_HOST:
+            return
+        if not self.guard.trusted(addr) or not self.guard.may_send(len(data), addr):
+            return
+        self._send_raw(data, addr)
+
+    def _send_raw(self, data: bytes, addr: Addr) -> None:
         try:
             with self._send_lock:
                 self._send(data, addr)
@@ -143,6 +181,8 @@ class ServerCore:
 
     def reply_to(self, sender: Addr) -> Addr:
         """Where replies to ``sender`` go (and so which client it is)."""
+        if sender in self.attached:
+            return sender
         port = self.routes.get(sender) or self.config.reply_port or sender[1]
         return (self.config.reply_host or sender[0], port)
 
@@ -155,12 +195,22 @@ class ServerCore:
         """Handle one datagram from ``sender``; never raises."""
         self.received += 1
         sender = (str(sender[0]), int(sender[1]))
+        guard = self.guard
+        if guard.is_own(sender):  # our own reply come back, or a forged one: never answered
+            guard.stats.own += 1
+            return
+        if not guard.allowed(sender[0]):
+            guard.stats.blocked += 1
+            return
         dest = self.reply_to(sender)
         try:
             items = parse_packet(data)
         except Exception as e:  # parse_packet turns known failures into errors; a bug
             _LOGGER.exception("parsing a datagram failed")
             self.error(dest, "", f"internal error: {type(e).__name__}")
+            return
+        if not guard.trusted(dest):
+            self._unverified(data, items, sender)
             return
         for item in items:
             if isinstance(item, OscProtocolError):
@@ -169,8 +219,57 @@ class ServerCore:
                 self.handle_message(item, sender)
                 dest = self.reply_to(sender)  # /mvae/reply may have changed it
 
+    def _unverified(self, data: bytes, items: list[Message | OscProtocolError],
+                    sender: Addr) -> None:
+        """A datagram whose replies would go to an unverified address: routes and cookies
+        are taken, nothing else is done, and the only reply is ``/mvae/verify i cookie``,
+        sent when it is no larger than the datagram."""
+        for item in items:
+            if not isinstance(item, Message):
+                continue
+            dest = self.reply_to(sender)
+            try:
+                if item.address == REPLY_ADDRESS:
+                    self._reply(sender, Args(item))
+                    continue
+                if item.address == VERIFY_ADDRESS:  # never answered: two servers that
+                    args = Args(item)  # challenge each other would loop
+                    args.count(1)
+                    if self.guard.verify(dest, args.integer(0, "cookie", 0, 2**24 - 1)):
+                        _LOGGER.info("verified %s:%s", dest[0], dest[1])
+                    return
+            except MelodyVAEError:
+                return  # no error replies to an unverified address
+        dest = self.reply_to(sender)
+        challenge = encode_message(VERIFY_ADDRESS, "i", [self.guard.cookie(dest)])
+        if len(challenge) <= len(data) and self.guard.may_send(len(challenge), dest):
+            self.guard.stats.challenged += 1
+            self._send_raw(challenge, dest)
+
+    def unreachable(self, dest: Addr) -> None:
+        """``dest`` answered "port unreachable": nobody listens there, its stream ends."""
+        self.guard.stats.refused += 1
+        self.guard.forget(dest)
+        with self.lock:
+            stopped = self.player.stop(dest, release=False)
+            self.live.forget(dest)
+        if stopped:
+            _LOGGER.info("%s:%s refuses datagrams; its stream ended", dest[0], dest[1])
+
+    def _expired(self, key: Addr) -> None:
+        self.guard.stats.expired += 1
+        _LOGGER.info("%s:%s sent nothing for %g s; its stream ended", key[0], key[1],
+                     self.config.lease)
+
     def handle_message(self, message: Message, sender: Addr) -> None:
         dest = self.reply_to(sender)
+        if message.address in REPLY_ONLY:  # what the server sends is never answered
+            self.guard.stats.ignored += 1
+            return
+        self.guard.heard(dest)
+        self.player.touch(dest)
+        if message.address == VERIFY_ADDRESS:  # already trusted: nothing to verify
+            return
         if message.address == REPLY_ADDRESS:  # routes by sender, before any client exists
             try:
                 self._reply(sender, Args(message))
@@ -193,6 +292,22 @@ class ServerCore:
             _LOGGER.exception("handling %s failed", message.address)
             self.error(dest, message.address, f"internal error: {type(e).__name__}: {e}")
 
+    def attach(self, key: Addr, deliver: Callable[[bytes], None]) -> None:
+        """A client on another transport, ``key`` = (ATTACHED_HOST, number) for a browser
+        tab, or a host no network address has (the MIDI input's): its replies go to
+        ``deliver`` (called from any thread), its messages come in through
+        :meth:`handle_message` with ``key`` as the sender."""
+        self.attached[key] = deliver
+
+    def detach(self, key: Addr) -> None:
+        """Forget an attached client (its connection closed)."""
+        self.attached.pop(key, None)
+        with self.lock:
+            client = self.clients.pop(key)
+        self.engine.forget(key, client)
+        self.player.stop(key)
+        self.live.forget(key)
+
     def client(self, key: Addr) -> ClientState:
         client = self.clients.get(key)
         if client is None:
@@ -204,7 +319,7 @@ class ServerCore:
     def _evicted(self, key: Addr, client: ClientState) -> None:
         _LOGGER.info("forgetting client %s:%s (more than %d clients)", key[0], key[1],
                      self.config.max_clients)
-        self.engine.forget(key)
+        self.engine.forget(key, client)
         self.player.stop(key)
         self.live.forget(key)
 
@@ -235,7 +350,7 @@ class ServerCore:
             client, address,
             client.temperature if temperature is None else temperature,
             client.seed if seed is None else seed,
-            vary=vary,
+            vary=vary, newcomer=self.clients.newcomer(client.key),
         ))
 
     def _fresh_seed(self) -> int:
@@ -252,6 +367,8 @@ class ServerCore:
         tags = args.message.tags
         if tags.strip("ifs"):
             raise args.error("ping echoes only int, float and string arguments")
+        if any(t == "f" and not math.isfinite(v) for t, v in zip(tags, args.values, strict=True)):
+            raise args.error("ping echoes only finite numbers")
         self.send(encode_message(f"{PREFIX}/pong", tags, list(args.values)), client.key)
 
     def _status(self, client: ClientState, args: Args) -> None:
@@ -270,21 +387,23 @@ class ServerCore:
 
     def stats(self) -> dict[str, int]:
         """Counters, in the order ``/mvae/stats`` sends them (see docs/osc.md)."""
-        e = self.engine
-        with e.cond:
-            return {
-                "received": self.received,  # datagrams
-                "requests": e.stats.requests,  # decode requests
-                "decoded": e.stats.decoded,  # melodies made
-                "superseded": e.decodes.superseded,  # requests dropped for a newer one
-                "batches": e.stats.batches,
-                "max_batch": e.stats.max_batch,
-                "max_waiting": e.decodes.max_waiting,  # most decodes waiting at once
-                "clients": len(self.clients),
-                "encoded": e.stats.encoded,
-                "errors": self.errors,  # /mvae/error replies
-                "cancelled": e.stats.cancelled,  # running decodes stopped as stale
-            }
+        e = self.engine.snapshot()
+        return {
+            "received": self.received,  # datagrams
+            "requests": e.requests,  # decode requests
+            "decoded": e.decoded,  # melodies made
+            "superseded": e.superseded,  # requests dropped for a newer one
+            "batches": e.batches,
+            "max_batch": e.max_batch,
+            "max_waiting": e.max_waiting,  # most decodes waiting at once
+            "clients": len(self.clients),
+            "encoded": e.encoded,
+            "errors": self.errors,  # /mvae/error replies
+            "cancelled": e.cancelled,  # running decodes stopped as stale
+            **vars(self.guard.stats),  # own, blocked, ignored, challenged, throttled,
+            #                            refused, expired (see guard.GuardStats)
+            "streams": self.player.streams(),  # clients whose playback runs now
+        }
 
     def _z(self, client: ClientState, args: Args) -> None:
         z_dim = self.vae.z_dim
@@ -292,14 +411,14 @@ class ServerCore:
             raise args.error(f"vector has {len(args)} values; the model's latent size is "
                              f"{z_dim}")
         z = np.zeros(z_dim)
-        z[:len(args)] = args.vector("z")
+        z[:len(args)] = args.vector("z", MAX_Z)
         client.set_z(z)
         self._decode(client, args.message.address)
 
     def _z_i(self, client: ClientState, args: Args) -> None:
         args.count(2)
         index = args.integer(0, "index", 0, self.vae.z_dim - 1)
-        client.set_dim(index, args.number(1, "value"))
+        client.set_dim(index, args.number(1, "value", -MAX_Z, MAX_Z))
         self._decode(client, args.message.address)
 
     def _z_get(self, client: ClientState, args: Args) -> None:
@@ -315,9 +434,18 @@ class ServerCore:
         self._decode(client, args.message.address)
 
     def _axis(self, client: ClientState, args: Args) -> None:
-        args.count(2)
-        name = args.string(0, "name", MAX_NAME)
-        client.set_axis(name, args.number(1, "value", -MAX_AXIS, MAX_AXIS))
+        n = args.count(2, 2 * MAX_AXES_SET)
+        if n % 2:
+            raise args.error(f"expects (name, value) pairs; got {n} arguments")
+        pairs = [(args.string(i, "name", MAX_NAME),
+                  args.number(i + 1, "value", -MAX_AXIS, MAX_AXIS)) for i in range(0, n, 2)]
+        self.axes.require()
+        for name, _ in pairs:  # every name checked before any is set
+            if name not in self.axes.names:
+                raise AxesError(f"unknown axis {name!r}; the model has: "
+                                f"{', '.join(self.axes.names)}")
+        for name, value in pairs:
+            client.set_axis(name, value)
         self._decode(client, args.message.address)
 
     def _axes(self, client: ClientState, args: Args) -> None:
@@ -428,6 +556,8 @@ class ServerCore:
     def _reply(self, sender: Addr, args: Args) -> None:
         args.count(1)
         port = args.integer(0, "port", 0, 65535)
+        if port and self.guard.is_own((sender[0], port)):
+            raise args.error(f"port {port} is this server's own; replies cannot go there")
         if port:
             self.routes.put(sender, port)
         else:

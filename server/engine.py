@@ -4,7 +4,7 @@ The network thread never runs the model. It puts a job in its client's slot and 
 worker; a newer job replaces an older one still waiting (a slider flood leaves at most one
 pending decode per client; the stale ones are dropped and counted).
 
-On the CPU the worker keeps a rolling batch (:class:`melodyvae.cpu_decode.Rolling`): between
+On the CPU the worker keeps a rolling batch (:class:`melodyvae.decode.Rolling`): between
 two decode steps it takes every waiting job, lets each decode join the batch at its first
 step, and takes out the running decode of a client that has asked for something newer —
 unless that client has heard nothing for :data:`MAX_UNANSWERED_S` because of such stops:
@@ -23,6 +23,7 @@ waiting beside them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -34,10 +35,10 @@ from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 import numpy as np
 import torch
 
-from melodyvae.cpu_decode import MAX_ROWS, blas_threads, numpy_context
+from melodyvae.decode import MAX_ROWS, DecodeCancelled, blas_threads, numpy_context
 from melodyvae.errors import MelodyVAEError
+from melodyvae.inference import vary
 from melodyvae.melody import Melody
-from melodyvae.model import DecodeCancelled
 from melodyvae.server.state import Addr, ClientState
 from melodyvae.server.worker import Worker
 
@@ -50,6 +51,13 @@ _LOGGER = logging.getLogger(__name__)
 # finished: a slider dragged fast and long still updates a playing loop twice a second (it
 # changes at bar lines, a second or more apart).
 MAX_UNANSWERED_S = 0.5
+# While new clients crowd out others (a flood of new source ports), their decodes wait apart
+# and run only when no settled client's decode is running or waiting, at most
+# MAX_NEWCOMERS at once and NEWCOMER_RATE a second; the rest go when their client is
+# forgotten. The clients already playing keep their latency, and a newcomer that keeps
+# talking settles within half a second (see clients.py) and is served as any other.
+MAX_NEWCOMERS = 2
+NEWCOMER_RATE = 20.0  # newcomer decodes started per second while the table is crowded
 
 
 @dataclass
@@ -64,14 +72,14 @@ class DecodeJob:
     vary: tuple[float, int] | None = None  # (amount, seed): add amount * N(0, I) to z
     received: float = field(default_factory=time.perf_counter)
     protected: bool = False  # finish it even once the client has asked for something newer
+    newcomer: bool = False  # from a new client while new clients crowd the table
 
     def latent(self) -> np.ndarray:
         """The vector to decode, read when the worker gets to it (after pending encodes)."""
         z = self.client.z if self.z is None else self.z
         if self.vary is not None:
             amount, seed = self.vary
-            noise = np.random.default_rng(seed).standard_normal(len(z))
-            z = z + amount * noise
+            z = vary(z, amount, seed)
         return z
 
 
@@ -126,12 +134,16 @@ class LatestWins(Generic[J]):
 
 @dataclass
 class EngineStats:
+    """The engine's counters (a copy of them from :meth:`Engine.snapshot`)."""
+
     requests: int = 0  # decode requests received
     decoded: int = 0  # melodies made
-    batches: int = 0  # decode_tokens calls
-    max_batch: int = 0  # the largest of them
+    batches: int = 0  # decodes started together: rolling-batch joins, or whole batches
+    max_batch: int = 0  # the most decodes running together
     encoded: int = 0  # melodies encoded
     cancelled: int = 0  # decodes stopped part-way because every client had a newer request
+    superseded: int = 0  # decode requests dropped, still waiting, for a newer one
+    max_waiting: int = 0  # the most decode requests waiting at once
 
 
 class Engine(Worker):
@@ -147,18 +159,38 @@ class Engine(Worker):
         self.encodes: LatestWins[EncodeJob] = LatestWins(max_clients)
         self.tasks: LatestWins[Callable[[], None]] = LatestWins(max_clients)
         self.stats = EngineStats()
-        self.on_batch: Callable[[int], None] | None = None  # test hook: batch sizes
         self.clock: Callable[[], float] = time.monotonic
         # Decodes in NumPy on the CPU join a rolling batch (None on a GPU: whole batches)
         self.rolling = vae.rolling()
         self.running: dict[int, DecodeJob] = {}  # id(job) -> job, in the rolling batch
         self.flying: dict[Addr, list[DecodeJob]] = {}  # per client: at most two running
+        self.evicted: list[ClientState] = []  # forgotten clients whose decodes must leave
+        self.held: OrderedDict[Addr, DecodeJob] = OrderedDict()  # newcomers' decodes waiting
+        self._newcomer_tokens = float(MAX_NEWCOMERS)  # budget of newcomer decodes ...
+        self._newcomer_at = time.monotonic()  # ... as of this time
+
+    def snapshot(self) -> EngineStats:
+        """The counters at one moment, safe to read from any thread."""
+        with self.cond:
+            return dataclasses.replace(self.stats, superseded=self.decodes.superseded,
+                                       max_waiting=self.decodes.max_waiting)
 
     # ------------------------------------------------------------ network thread side
     def submit_decode(self, job: DecodeJob) -> None:
         with self.cond:
             self.stats.requests += 1
-            self.decodes.put(job.client.key, job)
+            key = job.client.key
+            if job.newcomer:
+                if self.held.pop(key, None) is not None:
+                    self.decodes.superseded += 1
+                self.held[key] = job
+                while len(self.held) > self.decodes.capacity:
+                    self.held.popitem(last=False)
+                    self.decodes.superseded += 1
+            else:
+                if self.held.pop(key, None) is not None:
+                    self.decodes.superseded += 1
+                self.decodes.put(key, job)
             self.cond.notify()
 
     def submit_encode(self, job: EncodeJob) -> None:
@@ -173,34 +205,65 @@ class Engine(Worker):
             self.tasks.put(key, task)
             self.cond.notify()
 
-    def forget(self, key: Addr) -> None:
-        """Drop a client's waiting jobs (it was evicted)."""
+    def forget(self, key: Addr, client: ClientState | None = None) -> None:
+        """Drop a client's waiting jobs (it was evicted) and, with ``client``, stop its
+        running decodes at the next step: nobody is left to hear them."""
         with self.cond:
             self.decodes.jobs.pop(key, None)
             self.encodes.jobs.pop(key, None)
             self.tasks.jobs.pop(key, None)
+            self.held.pop(key, None)
+            if client is not None:
+                self.evicted.append(client)
+                self.cond.notify()
 
     # ------------------------------------------------------------ worker side
     thread_name = "mvae-engine"
 
     def _waiting(self) -> bool:
-        return bool(self.decodes.jobs or self.encodes.jobs or self.tasks.jobs)
+        return bool(self.decodes.jobs or self.encodes.jobs or self.tasks.jobs or self.evicted)
 
     def has_work(self) -> bool:
-        return self._waiting() or bool(self.running)
+        return self._waiting() or bool(self.running) or self._newcomers_due() > 0
+
+    def wait_seconds(self) -> float | None:
+        """With newcomers held back by their rate alone: when the next may start."""
+        if not self.held or self._newcomers_due(budget=False) == 0:
+            return None
+        return max(0.001, (1.0 - self._newcomer_tokens) / NEWCOMER_RATE)
+
+    def _newcomers_due(self, budget: bool = True) -> int:
+        """How many held newcomer decodes may start now (cond held): none while a settled
+        client's decode runs or waits; else up to MAX_NEWCOMERS running and, with
+        ``budget``, NEWCOMER_RATE a second."""
+        if not self.held or self.decodes.jobs or any(not job.newcomer
+                                                     for job in self.running.values()):
+            return 0
+        free = MAX_NEWCOMERS - sum(job.newcomer for job in self.running.values())
+        if not budget:
+            return max(0, min(free, len(self.held)))
+        now = time.monotonic()
+        self._newcomer_tokens = min(float(MAX_NEWCOMERS), self._newcomer_tokens
+                                    + (now - self._newcomer_at) * NEWCOMER_RATE)
+        self._newcomer_at = now
+        return max(0, min(free, len(self.held), int(self._newcomer_tokens)))
 
     def run_pending(self) -> int:
         """Process every waiting job, and every job that arrives meanwhile, until none is
         left; the number processed. (The worker's step; tests call it directly instead of
         starting the thread.)"""
-        done = self._take_and_run()
-        if not self.running:
-            return done
-        with numpy_context():  # while decodes are running
-            while self.running and not self._stopping:
-                self._step()
-                if self._waiting():
-                    done += self._take_and_run()
+        done = 0
+        while not self._stopping:
+            done += self._take_and_run()
+            if self.running:
+                with numpy_context():  # while decodes are running
+                    while self.running and not self._stopping:
+                        self._step()
+                        if self._waiting():
+                            done += self._take_and_run()
+            with self.cond:
+                if not (self._waiting() or self._newcomers_due()):
+                    return done
         return done
 
     def _take_and_run(self) -> int:
@@ -208,6 +271,23 @@ class Engine(Worker):
             tasks = self.tasks.take()
             encodes = self.encodes.take()
             decodes = self.decodes.take()
+            evicted, self.evicted = self.evicted, []
+            if decodes and self.rolling is not None:  # settled clients first: running
+                for job in [j for j in self.running.values() if j.newcomer]:  # newcomers
+                    self._leave(job)  # wait again, first in line
+                    if job.client.key not in self.held:
+                        self.held[job.client.key] = job
+                        self.held.move_to_end(job.client.key, last=False)
+            for _ in range(0 if decodes else self._newcomers_due()):
+                decodes.append(self.held.popitem(last=False)[1])
+                self._newcomer_tokens -= 1.0
+        if evicted:
+            gone = {id(client) for client in evicted}
+            decodes = [job for job in decodes if id(job.client) not in gone]
+            encodes = [job for job in encodes if id(job.client) not in gone]
+            for job in [j for j in self.running.values() if id(j.client) in gone]:
+                self._leave(job)
+                self.stats.cancelled += 1
         for task in tasks:
             try:
                 task()
@@ -255,8 +335,6 @@ class Engine(Worker):
             self.flying.setdefault(job.client.key, []).append(job)
         self.stats.batches += 1
         self.stats.max_batch = max(self.stats.max_batch, len(self.rolling))
-        if self.on_batch is not None:
-            self.on_batch(len(jobs))
 
     def _leave(self, job: DecodeJob) -> None:
         assert self.rolling is not None
@@ -317,7 +395,6 @@ class Engine(Worker):
                 groups.setdefault(key, []).append((job, job.latent()))
         for (temperature, seed), items in groups.items():
             batch = [job for job, _ in items]
-            keys = [job.client.key for job in batch]
             # Stop this decode once every client of the batch has asked for something newer,
             # unless one of them has waited too long already: a flood then still hears
             # melodies instead of none.
@@ -326,8 +403,10 @@ class Engine(Worker):
                               or now - job.client.unanswered_since < MAX_UNANSWERED_S
                               for job in batch)
 
-            def stale(keys: list[Addr] = keys, cancellable: bool = cancellable) -> bool:
-                return cancellable and all(key in self.decodes.jobs for key in keys)
+            def stale(batch: list[DecodeJob] = batch, cancellable: bool = cancellable) -> bool:
+                gone = {id(client) for client in self.evicted}  # forgotten meanwhile
+                return cancellable and all(job.client.key in self.decodes.jobs
+                                           or id(job.client) in gone for job in batch)
 
             try:
                 z = np.stack([z for _, z in items]).astype(np.float32)  # (B, Z)
@@ -349,8 +428,6 @@ class Engine(Worker):
             self.stats.batches += 1
             self.stats.decoded += len(batch)
             self.stats.max_batch = max(self.stats.max_batch, len(batch))
-            if self.on_batch is not None:
-                self.on_batch(len(batch))
             for job, melody in zip(batch, melodies, strict=True):
                 self.sink.melody_ready(job, melody)
 

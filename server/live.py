@@ -28,17 +28,25 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from melodyvae.errors import MelodyVAEError
-from melodyvae.melody import Melody, Note, monophonic
+from melodyvae.melody import Melody, Note
+from melodyvae.server.answers import SILENT_RETRIES, AnswerRequest, compose
 from melodyvae.server.engine import Engine
 from melodyvae.server.playback import Player
 from melodyvae.server.protocol import PREFIX, Args, encode_message
+from melodyvae.server.session import (
+    DEFAULT_AMOUNT,
+    DEFAULT_ATTRIBUTE_AMOUNT,
+    DEFAULT_MIX,
+    LiveClock,
+    Session,
+)
 from melodyvae.server.state import Addr, AxesError, ClientState
+from melodyvae.server.worker import Worker
 
 if TYPE_CHECKING:
     from melodyvae.inference import MelodyVAE
@@ -47,12 +55,8 @@ _LOGGER = logging.getLogger(__name__)
 
 MODES = ("echo", "contrast", "blend")
 ANSWER_ADDRESS = f"{PREFIX}/answer"  # where answer failures are reported
-DEFAULT_AMOUNT = 0.3  # echo: standard deviations of noise added to the phrase's z
-DEFAULT_ATTRIBUTE_AMOUNT = 1.0  # contrast: how far along the attribute vector
-DEFAULT_MIX = 0.5  # blend: 0 = the phrase played, 1 = the client's current z
 MAX_AMOUNT = 10.0
 MAX_NAME = 64
-MAX_NOTES = 512  # performer notes kept per client (the newest)
 MAX_SKEW = 10.0  # seconds a note's timetag may lie from the server's clock
 MAX_SYNC_BEAT = 1e6  # |beat| accepted by /mvae/sync
 MAX_DUE = 16  # phrase lines handled in one pass; past that the listener skips ahead
@@ -61,124 +65,11 @@ SAFETY = 1.5  # the estimate is SAFETY x the slowest recent answer ...
 WAKE_MARGIN = 0.02  # ... plus this many seconds for thread wake-ups
 MAX_ESTIMATE = 0.5  # seconds; a stall does not push deadlines further than this
 SAMPLES = 32  # answers the estimate looks back on
-SILENT_RETRIES = 3  # a silent answer is decoded again this often, sampled ...
-RETRY_TEMPERATURE = 1.0  # ... at least this hot, with the next seeds
 CALIBRATION_KEY: Addr = ("live", 0)  # the engine slot of the calibration task
 
 
 class LiveError(MelodyVAEError):
     """A live request the client's state does not allow (e.g. /mvae/answer unheard)."""
-
-
-@dataclass
-class LiveClock:
-    """Bar lines in Unix time: step ``s`` (a 16th) sounds at ``origin + s * seconds_per_step``;
-    step 0 is a bar line."""
-
-    qpm: float  # quarter notes per minute
-    origin: float  # Unix seconds of step 0
-
-    @property
-    def seconds_per_step(self) -> float:
-        return 60.0 / self.qpm / 4
-
-    def time_of(self, step: float) -> float:
-        return self.origin + step * self.seconds_per_step
-
-    def position(self, at: float) -> float:
-        """Where time ``at`` falls, in (fractional) steps."""
-        return (at - self.origin) / self.seconds_per_step
-
-    def set_tempo(self, qpm: float, step: float, at: float) -> None:
-        """Change the tempo so that ``step`` still falls at ``at``."""
-        self.qpm = qpm
-        self.origin = at - step * self.seconds_per_step
-
-
-@dataclass
-class Played:
-    """A performer's note; times are positions on the live clock in steps (not rounded)."""
-
-    pitch: int
-    velocity: int
-    on: float
-    off: float | None = None  # None while held
-
-
-@dataclass
-class Session:
-    """One client's listening state and answer settings."""
-
-    client: ClientState
-    clock: LiveClock
-    listening: bool = False
-    synced: bool = False  # the clock was set by /mvae/sync (listening does not move it)
-    mode: str = "echo"
-    amount: float = DEFAULT_AMOUNT
-    attribute: str | None = None
-    attribute_amount: float = DEFAULT_ATTRIBUTE_AMOUNT
-    mix: float = DEFAULT_MIX
-    notes: deque[Played] = field(default_factory=lambda: deque(maxlen=MAX_NOTES))
-    held: dict[int, Played] = field(default_factory=dict)  # sounding notes by pitch
-    next_line: int = 0  # the next phrase line (absolute step) to answer
-    last_line: int | None = None  # the last line answered (never answered twice)
-    requested: int | None = None  # a bar line /mvae/answer asked for
-    count: int = 0  # answers asked of the model (numbers their seeds)
-    answered: int = 0
-    dropped: int = 0  # not ready one lookahead before their bar line
-    silent: int = 0  # phrase lines where nothing had been played
-    failed: int = 0  # the model failed, or its answer stayed silent
-    worst_margin: float = math.inf  # seconds: the least time an answer was sent early
-
-    def press(self, pitch: int, velocity: int, at: float) -> None:
-        self.release(pitch, at)
-        played = Played(pitch, velocity, at)
-        self.notes.append(played)
-        self.held[pitch] = played
-
-    def release(self, pitch: int, at: float) -> None:
-        played = self.held.pop(pitch, None)
-        if played is not None:
-            played.off = at
-
-    def forget_notes(self) -> None:
-        self.notes.clear()
-        self.held.clear()
-
-    def call(self, line: int, steps: int, steps_per_bar: int) -> Melody | None:
-        """What was played in the ``steps`` before step ``line``, on the 16th grid and made
-        monophonic; notes still sounding end at ``line``. None when nothing was played."""
-        start = line - steps
-        grid = []
-        for played in self.notes:
-            on = round(played.on)
-            if not start <= on < line:
-                continue
-            off = line if played.off is None else min(line, round(played.off))
-            grid.append(Note(on - start, max(on + 1, off) - start, played.pitch,
-                             max(1, played.velocity)))
-        if not grid:
-            return None
-        return monophonic(grid, steps, steps_per_bar, self.clock.qpm)
-
-
-@dataclass
-class AnswerRequest:
-    """Everything the model thread needs for one answer, read when its deadline came."""
-
-    key: Addr
-    line: int  # the bar line it starts on (absolute step)
-    call: Melody  # the phrase played
-    mode: str
-    amount: float
-    attribute: str | None
-    attribute_amount: float
-    mix: float
-    z_now: np.ndarray  # the client's z (blend)
-    temperature: float
-    seed: int
-    deadline: float  # Unix seconds the request was due to be made
-    session: Session | None = None  # None: the calibration run
 
 
 def answer_begin(answer_id: int, bar: int, mode: str) -> bytes:
@@ -194,12 +85,15 @@ def answer_end(answer_id: int) -> bytes:
 Handler = Callable[[ClientState, Args], None]
 
 
-class Listener:
+class Listener(Worker):
     """Live clocks, performer notes and answer deadlines for every listening client.
 
     Its state is guarded by the server's state lock (the handlers run under it); its thread
-    waits on a condition of that lock until the next deadline.
+    waits on a condition of that lock until the next deadline, or until poked when plans
+    change.
     """
+
+    thread_name = "mvae-live"
 
     def __init__(self, vae: MelodyVAE, player: Player, engine: Engine,
                  lock: threading.RLock, attributes: dict[str, np.ndarray],
@@ -221,9 +115,8 @@ class Listener:
         self.samples: deque[float] = deque(maxlen=SAMPLES)  # seconds, deadline to ready
         self.calibrating = False
         self.batches = 0  # answer tasks handed to the model thread
-        self.cond = threading.Condition(lock)
-        self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._wake_at: float | None = None  # the next deadline (clock seconds)
+        super().__init__(threading.Condition(lock))
 
     # ------------------------------------------------------------ lifecycle
     def handlers(self) -> dict[str, Handler]:
@@ -234,17 +127,6 @@ class Listener:
             ("answer/attribute", self._attribute), ("answer/mix", self._mix),
             ("answer/stats", self._stats),
         )}
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="mvae-live", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 2.0) -> None:
-        with self.cond:
-            self._stopping = True
-            self.cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     def forget(self, key: Addr) -> None:
         """Drop a client's session (it was evicted)."""
@@ -274,7 +156,7 @@ class Listener:
 
     def wake(self) -> None:
         """Recompute deadlines (a client's lookahead changed). Call with the lock held."""
-        self.cond.notify()
+        self.poke()
 
     # ------------------------------------------------------------ deadlines
     def _lead(self, session: Session) -> float:
@@ -294,7 +176,7 @@ class Listener:
                 session.next_line = max(session.next_line, after)  # tempo moves lines back)
             if session.requested is not None:
                 session.requested = self._first_line(session, self.steps_per_bar, now)
-        self.cond.notify()
+        self.poke()
 
     def run_due(self, now: float | None = None) -> float | None:
         """Make every answer request whose deadline has come — all of them one task for the
@@ -362,62 +244,25 @@ class Listener:
             session.attribute_amount, session.mix, client.z.copy(), client.temperature,
             (client.seed + session.count) % 2**63, bar_time - lead, session))
 
-    def _loop(self) -> None:
-        with self.cond:
-            while not self._stopping:
-                try:
-                    wake = self.run_due()
-                except Exception:  # a bug here must not end listening for everyone
-                    _LOGGER.exception("live scheduling failed")
-                    wake = self.clock() + 0.1
-                self.cond.wait(None if wake is None else max(0.0, wake - self.clock()))
+    def wait_seconds(self) -> float | None:
+        return None if self._wake_at is None else self._wake_at - self.clock()
 
+    def run_pending(self) -> int:
+        """The listener thread's step: :meth:`run_due` under the state lock."""
+        with self.lock:
+            try:
+                self._wake_at = self.run_due()
+            except Exception:  # a bug here must not end listening for everyone
+                _LOGGER.exception("live scheduling failed")
+                self._wake_at = self.clock() + 0.1
+        return 0
+
+    # ------------------------------------------------------------ model thread
     # ------------------------------------------------------------ model thread
     def compose(self, requests: list[AnswerRequest]
                 ) -> list[tuple[Melody | None, np.ndarray, np.ndarray]]:
-        """Encode the calls (one batch), move each z by its mode, decode (greedy ones as one
-        batch, sampled ones each with its seed, so an answer does not depend on what else
-        was due): (answer, or None if it stayed silent; z of the call; z of the answer) per
-        request. Runs on the model thread."""
-        z_calls = np.asarray(self.vae.encode([r.call for r in requests]), np.float64)  # (B, Z)
-        zs = np.stack([self._move(r, z) for r, z in zip(requests, z_calls, strict=True)])
-        melodies: list[Melody | None] = [None] * len(requests)
-        greedy = [i for i, r in enumerate(requests) if r.temperature == 0]
-        if greedy:
-            tokens = self.vae.decode_tokens(zs[greedy].astype(np.float32), 0.0)  # (G, T)
-            for i, row in zip(greedy, tokens.cpu().numpy(), strict=True):
-                melodies[i] = self.vae.melody_from_tokens(row, requests[i].call.qpm)
-        for i, request in enumerate(requests):
-            qpm = request.call.qpm
-            temperature, seed = request.temperature, request.seed
-            if i not in greedy:
-                melodies[i] = self._decode_one(zs[i], temperature, seed, qpm)
-            for _ in range(SILENT_RETRIES):
-                melody = melodies[i]
-                if melody is not None and melody.notes:
-                    break
-                temperature, seed = max(temperature, RETRY_TEMPERATURE), seed + 1
-                melodies[i] = self._decode_one(zs[i], temperature, seed, qpm)
-        return [(m if m is not None and m.notes else None, z_call, z)
-                for m, z_call, z in zip(melodies, z_calls, zs, strict=True)]
-
-    def _decode_one(self, z: np.ndarray, temperature: float, seed: int, qpm: float) -> Melody:
-        tokens = self.vae.decode_tokens(z[None].astype(np.float32), temperature, seed)  # (1, T)
-        return self.vae.melody_from_tokens(tokens[0].cpu().numpy(), qpm)
-
-    def _move(self, request: AnswerRequest, z_call: np.ndarray) -> np.ndarray:
-        """The answer's latent vector: the call's, moved by the mode."""
-        if request.mode == "echo":
-            noise = np.random.default_rng(request.seed).standard_normal(len(z_call))
-            return z_call + request.amount * noise
-        if request.mode == "contrast":
-            vector = self.attributes.get(request.attribute or "")
-            if vector is None:
-                raise AxesError(f"the model has no attribute {request.attribute!r}")
-            return z_call + request.attribute_amount * vector
-        from melodyvae.inference import slerp
-
-        return slerp(z_call, request.z_now, request.mix)
+        """:func:`melodyvae.server.answers.compose` with this server's model."""
+        return compose(self.vae, self.attributes, requests)
 
     def _answer(self, requests: list[AnswerRequest]) -> None:
         try:
@@ -432,7 +277,7 @@ class Listener:
         ready = self.clock()
         with self.lock:
             self.samples.append(ready - min(r.deadline for r in requests))
-            self.cond.notify()  # the estimate moved: deadlines may have too
+            self.poke()  # the estimate moved: deadlines may have too
             for request, result in sorted(zip(requests, results, strict=True),
                                           key=lambda item: item[0].deadline):
                 self._cue(request, *result, ready)
@@ -440,9 +285,9 @@ class Listener:
     def _cue(self, request: AnswerRequest, melody: Melody | None, z_call: np.ndarray,
              z: np.ndarray, ready: float) -> None:
         """Hand one answer to the player (state lock held)."""
-        key, session = request.key, request.session
-        bar = request.line // self.steps_per_bar
-        if session is None or self.sessions.get(key) is not session or not session.listening:
+        key, bar = request.key, request.line // self.steps_per_bar
+        session = self.sessions.get(key)
+        if session is None or session is not request.session or not session.listening:
             return  # forgotten, or listening stopped meanwhile
         if melody is None:
             session.failed += 1
@@ -500,7 +345,7 @@ class Listener:
             return
         with self.lock:
             self.samples.append(elapsed)
-            self.cond.notify()
+            self.poke()
             _LOGGER.info("three answers due together take %.1f ms; answering %.0f ms ahead of "
                          "the lookahead",
                          elapsed * 1000, self.estimate * 1000)
@@ -589,7 +434,7 @@ class Listener:
         if session is None or not session.listening:
             raise LiveError("not listening; send /mvae/listen 1 first")
         session.requested = self._first_line(session, self.steps_per_bar, self.clock())
-        self.cond.notify()
+        self.poke()
 
     def _require_attributes(self) -> None:
         if not self.attributes:

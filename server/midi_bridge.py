@@ -4,8 +4,8 @@ The MIDI input is one more client of the server, under the address :data:`MIDI_K
 knobs become ``/mvae/axis`` messages and its keys ``/mvae/listen`` / ``/mvae/in/noteon`` /
 ``/mvae/in/noteoff``, handled by the same handlers as over OSC (bundle times are the times
 the MIDI system stamped), so latest-wins decoding, bar-line takeovers and live answers work
-exactly as they do for an OSC client. Its replies never reach the network:
-:meth:`MidiBridge.owns` tells the socket to hand them here instead.
+exactly as they do for an OSC client. It is attached to the core (as a browser tab is), so
+its replies never reach the network: they come back to :meth:`MidiBridge.reply`.
 
 Every client's playback goes out on the MIDI output (the player's note tap). Without
 ``--midi-clock`` the MIDI client's loop starts with the first knob turned, at
@@ -163,6 +163,7 @@ class MidiBridge:
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
+        self.core.attach(MIDI_KEY, self.reply)
         if not self.settings.clock:
             self._dispatch("/mvae/tempo", "f", [self.settings.tempo])
         self._switch = sys.getswitchinterval()
@@ -176,16 +177,13 @@ class MidiBridge:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(2.0)
+        self.core.detach(MIDI_KEY)  # its loop stops; the note-off still goes to the output
         self.core.player.note_tap = None
         self.output.close()
         self.input.close()
         sys.setswitchinterval(self._switch)
 
-    # ------------------------------------------------------------ the socket's side
-    def owns(self, addr: Addr) -> bool:
-        """Replies to this address are the MIDI client's (not for the network)."""
-        return addr == MIDI_KEY
-
+    # ------------------------------------------------------------ the core's side
     def reply(self, data: bytes) -> None:
         """A datagram the server sent the MIDI client (any thread; read later)."""
         self._replies.append(data)

@@ -12,6 +12,10 @@ A live answer is *cued* (:meth:`Player.cue`): it plays once, its first step exac
 given bar line of the listener's clock, taking over from whatever played before; the
 bundle for that bar line is sent at once, so a cue accepted is a bar line sent at least one
 lookahead early. A cue that comes too late for that is refused.
+
+A stream ends by itself when its client has sent nothing for the lease (every message
+refreshes it, :meth:`Player.touch`), and the server ends it at once when its destination
+answers "port unreachable" (:meth:`Player.stop` without a note-off).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dataclasses import dataclass, field
 from melodyvae.melody import STEPS_PER_QUARTER, Melody, Note
 from melodyvae.server.protocol import PREFIX, encode_bundle, encode_message
 from melodyvae.server.state import Addr
+from melodyvae.server.worker import Worker
 
 # (client, absolute step, Unix time, [(pitch, velocity), ...]); velocity 0 is a note-off
 NoteTap = Callable[[Addr, int, float, Sequence[tuple[int, int]]], None]
@@ -59,6 +64,7 @@ class Track:
     sounding: tuple[int, int] | None = None  # (pitch, absolute end step) of the last note-on
     starts: dict[int, Note] = field(default_factory=dict)  # the melody's notes by onset step
     once: bool = False  # a cued answer: plays its melody once, then the track ends
+    heard: float = 0.0  # Unix time of the client's last message (the lease runs from it)
     tail: list[bytes] = field(default_factory=list)  # messages sent where a cued answer ends
 
     @property
@@ -78,20 +84,24 @@ class Track:
         self.starts = {note.start: note for note in melody.notes}
 
 
-class Player:
-    """The scheduler for every playing client (bounded by the client table)."""
+class Player(Worker):
+    """The scheduler for every playing client (bounded by the client table), on its own
+    thread."""
+
+    thread_name = "mvae-playback"
 
     def __init__(self, send: Callable[[bytes, Addr], None],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, lease: float | None = None,
+                 on_expired: Callable[[Addr], None] | None = None) -> None:
         self.send = send
         self.clock = clock  # Unix seconds; timetags are absolute times
+        self.lease = lease  # seconds a track plays without touch(); None: for ever
+        self.on_expired = on_expired
         self.tracks: dict[Addr, Track] = {}
         self.lock = threading.Lock()
-        self._wake = threading.Event()
-        self._closed = False
-        self._thread: threading.Thread | None = None
         self.note_tap: NoteTap | None = None  # also told every note sent (MIDI output);
         # called with the lock held: it must not call back into the player
+        super().__init__(threading.Condition(self.lock))
 
     # ------------------------------------------------------------ control (any thread)
     def play(self, key: Addr, qpm: float, lookahead: float, melody: Melody | None) -> None:
@@ -99,11 +109,11 @@ class Player:
         with self.lock:
             if key in self.tracks:
                 return
-            track = Track(key, qpm, lookahead)
+            track = Track(key, qpm, lookahead, heard=self.clock())
             if melody is not None:
                 track.begin(melody, self.clock())
             self.tracks[key] = track
-        self._wake.set()
+        self._poke()
 
     def offer(self, key: Addr, melody: Melody) -> None:
         """A new melody for a playing client: it takes over at the next bar line.
@@ -118,10 +128,24 @@ class Player:
                 track.begin(melody, self.clock())
             else:
                 track.pending = melody
-        self._wake.set()
+        self._poke()
 
-    def stop(self, key: Addr) -> bool:
-        """Stop a client's loop; a sounding note is released after what was scheduled."""
+    def touch(self, key: Addr) -> None:
+        """The client was heard from: its stream's lease starts again."""
+        with self.lock:
+            track = self.tracks.get(key)
+            if track is not None:
+                track.heard = self.clock()
+
+    def streams(self) -> int:
+        """Tracks playing now."""
+        with self.lock:
+            return len(self.tracks)
+
+    def stop(self, key: Addr, release: bool = True) -> bool:
+        """Stop a client's loop; a sounding note is released after what was scheduled
+        (over OSC unless ``release`` is false: nobody listens there; on the note tap
+        always)."""
         with self.lock:
             track = self.tracks.pop(key, None)
             if track is None:
@@ -129,7 +153,8 @@ class Player:
             if track.sounding is not None:
                 at = max(track.time_of(track.next_step), self.clock())
                 self._tap(key, track.next_step, at, [(track.sounding[0], 0)])
-                self._send(key, encode_bundle([note_off(track.sounding[0])], at))
+                if release:
+                    self._send(key, encode_bundle([note_off(track.sounding[0])], at))
         return True
 
     def play_from(self, key: Addr, melody: Melody, origin: float, qpm: float, start: int,
@@ -139,11 +164,11 @@ class Player:
         played stops first."""
         self.stop(key)
         with self.lock:
-            track = Track(key, qpm, lookahead)
+            track = Track(key, qpm, lookahead, heard=self.clock())
             track._use(melody)
             track.origin, track.next_step, track.loop_start = origin, start, start
             self.tracks[key] = track
-        self._wake.set()
+        self._poke()
 
     def follow(self, key: Addr, origin: float, qpm: float) -> None:
         """Put a client's unscheduled steps on the clock ``origin + step * 60 / qpm / 4``
@@ -152,7 +177,7 @@ class Player:
             track = self.tracks.get(key)
             if track is not None and track.melody is not None:
                 track.origin, track.qpm = origin, qpm
-        self._wake.set()
+        self._poke()
 
     def set_tempo(self, key: Addr, qpm: float) -> tuple[int, float] | None:
         """Change a client's tempo from its next unscheduled step on.
@@ -201,7 +226,7 @@ class Player:
                 return None
             track = self.tracks.get(key)
             if track is None:
-                track = self.tracks[key] = Track(key, qpm, lookahead)
+                track = self.tracks[key] = Track(key, qpm, lookahead, heard=now)
             prefix: list[bytes] = []
             if track.melody is not None:
                 self._schedule(track, now)  # catch up first (re-anchors if far behind)
@@ -217,7 +242,7 @@ class Player:
             track._use(melody)
             self._schedule_step(track, [*prefix, *head], cut=True)
             sent = self.clock()
-        self._wake.set()
+        self._poke()
         return sent
 
     # ------------------------------------------------------------ scheduling
@@ -225,6 +250,13 @@ class Player:
         """Send every step due before ``now + lookahead``; the number of bundles sent."""
         now = self.clock() if now is None else now
         sent = 0
+        expired = []
+        if self.lease is not None:
+            with self.lock:
+                expired = [k for k, t in self.tracks.items() if now - t.heard > self.lease]
+        for key in expired:
+            if self.stop(key) and self.on_expired is not None:
+                self.on_expired(key)
         with self.lock:
             for track in self.tracks.values():
                 sent += self._schedule(track, now)
@@ -306,28 +338,21 @@ class Player:
             _LOGGER.warning("playback to %s failed: %s", key, e)
 
     # ------------------------------------------------------------ thread
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="mvae-playback", daemon=True)
-        self._thread.start()
+    def wait_seconds(self) -> float | None:
+        """A scheduler pass a quarter step apart while anything plays (``cond`` held)."""
+        if not self.tracks:
+            return None
+        shortest = min(t.seconds_per_step for t in self.tracks.values())
+        return min(MAX_WAKE, max(MIN_WAKE, shortest / 4))
+
+    def run_pending(self) -> int:
+        return self.tick()
+
+    def _poke(self) -> None:
+        with self.cond:
+            self.poke()
 
     def close(self, timeout: float = 2.0) -> None:
         for key in list(self.tracks):
             self.stop(key)
-        self._closed = True
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _loop(self) -> None:
-        while not self._closed:
-            wait: float | None = None
-            try:
-                self.tick()
-            except Exception:  # a bug here must not end playback for everyone
-                _LOGGER.exception("playback scheduling failed")
-            with self.lock:
-                if self.tracks:
-                    shortest = min(t.seconds_per_step for t in self.tracks.values())
-                    wait = min(MAX_WAKE, max(MIN_WAKE, shortest / 4))
-            self._wake.wait(wait)
-            self._wake.clear()
+        super().close(timeout)

@@ -36,6 +36,7 @@ ACCEPTED_TAGS = frozenset("ifhdsbTFN")
 NTP_DELTA = 2_208_988_800  # seconds from 1900-01-01 (NTP epoch) to 1970-01-01
 IMMEDIATELY = struct.pack(">Q", 1)  # the OSC timetag meaning "now"
 MAX_INT32 = 2**31 - 1
+MAX_FLOAT32 = float(np.finfo(np.float32).max)  # larger magnitudes become inf in float32
 
 
 class OscProtocolError(MelodyVAEError):
@@ -190,7 +191,8 @@ class Args:
     """Typed access to a message's arguments, raising :class:`OscProtocolError`.
 
     Pure Data sends every number as a float: where an integer is meant a float is
-    accepted and rounded to the nearest whole number. NaN and infinity are refused.
+    accepted and rounded to the nearest whole number. NaN, infinity and anything beyond the
+    float32 range (what the model computes in) are refused, bounds or not.
     """
 
     def __init__(self, message: Message) -> None:
@@ -225,10 +227,13 @@ class Args:
         if (low is not None and value < low) or (high is not None and value > high):
             raise self.error(f"{name} (argument {i + 1}) must lie in "
                              f"{_fmt(low)}..{_fmt(high)}, not {_fmt(value)}")
+        if abs(value) > MAX_FLOAT32:
+            raise self.error(f"{name} (argument {i + 1}) must be finite in float32 "
+                             f"(|x| <= {MAX_FLOAT32:.4g}), not {value:g}")
         return value
 
-    def vector(self, name: str) -> np.ndarray:
-        """Every argument as one finite float64 vector."""
+    def vector(self, name: str, bound: float) -> np.ndarray:
+        """Every argument as one float64 vector of finite values with ``|x| <= bound``."""
         tags = self.message.tags
         if tags.strip("ifdh"):
             i = next(k for k, tag in enumerate(tags) if tag not in "ifdh")
@@ -239,6 +244,11 @@ class Args:
         if not finite.all():
             i = int(np.argmin(finite))
             raise self.error(f"{name}[{i}] (argument {i + 1}) must be finite, not {values[i]}")
+        inside = np.abs(values) <= bound
+        if not inside.all():
+            i = int(np.argmin(inside))
+            raise self.error(f"{name}[{i}] (argument {i + 1}) must lie in "
+                             f"{_fmt(-bound)}..{_fmt(bound)}, not {_fmt(float(values[i]))}")
         return values
 
     def integer(self, i: int, name: str, low: int | None = None,

@@ -16,101 +16,24 @@ evict their oldest entries when full.
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import numpy as np
 
+from melodyvae.axes import AxesError, LatentAxes
 from melodyvae.errors import MelodyVAEError
 from melodyvae.melody import Melody
 
-_LOGGER = logging.getLogger(__name__)
-
 Addr = tuple[str, int]  # (host, port) of a UDP peer
-N_PCS = 8  # PCA axes pc1..pc8
 DEFAULT_QPM = 120.0  # tempo of a new client, quarter notes per minute
 DEFAULT_LOOKAHEAD = 0.1  # seconds between sending a timetagged note and its time
 
 
-class AxesError(MelodyVAEError):
-    """A model without usable latent axes, or an axis it does not have."""
-
-
 class SlotError(MelodyVAEError):
     """A slot that was never stored (or was evicted)."""
-
-
-class LatentAxes:
-    """The PCA axes and attribute vectors a checkpoint ships (``info["axes"]``)."""
-
-    def __init__(self, z_dim: int, doc: dict[str, Any] | None) -> None:
-        self.z_dim = z_dim
-        self.mean = np.zeros(z_dim, np.float64)
-        self.std = np.ones(0, np.float64)
-        self.dirs = np.zeros((0, z_dim), np.float64)  # (K, Z)
-        self.attributes: dict[str, np.ndarray] = {}
-        self.problem: str | None = "model has no latent axes; run melodyvae axes MODEL"
-        if not doc:
-            return
-        try:
-            self._read(doc)
-        except (KeyError, TypeError, ValueError) as e:
-            self.mean = np.zeros(z_dim, np.float64)
-            self.std, self.dirs, self.attributes = np.ones(0), np.zeros((0, z_dim)), {}
-            self.problem = f"the model's latent axes are malformed ({e}); rerun melodyvae axes"
-            _LOGGER.warning("%s", self.problem)
-            return
-        self.problem = None
-
-    def _read(self, doc: dict[str, Any]) -> None:
-        pca = doc["pca"]
-        mean = np.asarray(pca["mean"], np.float64)
-        std = np.asarray(pca["std"], np.float64)
-        dirs = np.asarray(pca["directions"], np.float64)
-        if mean.shape != (self.z_dim,):
-            raise ValueError(f"pca.mean has shape {mean.shape}, not ({self.z_dim},)")
-        if dirs.ndim != 2 or dirs.shape[1] != self.z_dim or not 1 <= len(dirs) <= N_PCS:
-            raise ValueError(f"pca.directions has shape {dirs.shape}")
-        if std.shape != (len(dirs),):
-            raise ValueError(f"pca.std has shape {std.shape}, not ({len(dirs)},)")
-        attributes = {}
-        for name, vector in (doc.get("attributes") or {}).items():
-            v = np.asarray(vector, np.float64)
-            if v.shape != (self.z_dim,):
-                raise ValueError(f"attribute {name} has shape {v.shape}")
-            attributes[str(name)] = v
-        for array in (mean, std, dirs, *attributes.values()):
-            if not np.all(np.isfinite(array)):
-                raise ValueError("non-finite numbers")
-        self.mean, self.std, self.dirs, self.attributes = mean, std, dirs, attributes
-
-    @property
-    def pc_names(self) -> list[str]:
-        return [f"pc{k + 1}" for k in range(len(self.dirs))]
-
-    @property
-    def names(self) -> list[str]:
-        return self.pc_names + list(self.attributes)
-
-    def require(self) -> None:
-        if self.problem:
-            raise AxesError(self.problem)
-
-    def project(self, z: np.ndarray) -> np.ndarray:
-        """PCA coordinates of ``z`` in standard deviations, (K,)."""
-        safe = np.where(self.std > 0, self.std, 1.0)
-        return self.dirs @ (z - self.mean) / safe
-
-    def compose(self, pcs: np.ndarray, amounts: dict[str, float]) -> np.ndarray:
-        """``mean + sum pc_k std_k dir_k + sum amount_a attr_a`` (no residual), (Z,)."""
-        z = self.mean + (pcs * self.std) @ self.dirs
-        for name, amount in amounts.items():
-            if amount:
-                z = z + amount * self.attributes[name]
-        return z
 
 
 @dataclass

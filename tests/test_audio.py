@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 from conftest import make_checkpoint, scale_melody
 
-from melodyvae import audio
+from melodyvae import audio, render, transcribe
 from melodyvae.cli import main
 from melodyvae.melody import Melody, Note
 from melodyvae.midi import read_midi, write_midi
@@ -127,7 +127,7 @@ def test_render_then_transcribe_commands(tmp_path: Path,
 
 def test_fallback_to_builtin_is_said(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                      capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(audio, "fluidsynth_path", lambda: None)
+    monkeypatch.setattr(render, "fluidsynth_path", lambda: None)
     mid = tmp_path / "in.mid"
     write_midi(scale_melody(1), mid)
     assert main(["render", str(mid), str(tmp_path / "o.wav")]) == 0
@@ -179,11 +179,12 @@ def test_bad_audio_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 
 def test_segmentation_helpers() -> None:
-    seg = audio._Segment
+    seg = transcribe._Segment
     # a 2-frame glide into a note goes to that note; equal neighbours merge
-    runs = audio._runs(np.array([60, 60, 60, 60, 60, 61, 62, 62, 62, 62, 62, -1]))
-    assert audio._absorb_blips(runs, 3) == [seg(0, 5, 60), seg(5, 11, 62), seg(11, 12, -1)]
+    runs = transcribe._runs(np.array([60, 60, 60, 60, 60, 61, 62, 62, 62, 62, 62, -1]))
+    assert transcribe._absorb_blips(runs, 3) == [seg(0, 5, 60), seg(5, 11, 62),
+                                                 seg(11, 12, -1)]
     # a short run an octave below the next note is that note's attack
     runs = [seg(0, 10, 60), seg(10, 12, 55), seg(12, 30, 67)]
-    assert audio._absorb_octave_errors(runs, 5) == [seg(0, 10, 60), seg(10, 30, 67)]
-    assert audio.fold_tempo(240.0) == 120.0 and audio.fold_tempo(45.0) == 90.0
+    assert transcribe._absorb_octave_errors(runs, 5) == [seg(0, 10, 60), seg(10, 30, 67)]
+    assert transcribe.fold_tempo(240.0) == 120.0 and transcribe.fold_tempo(45.0) == 90.0

@@ -253,12 +253,6 @@ def test_bad_inputs_are_one_line(ckpt: Path, tmp_path: Path,
                             "--model", str(ckpt)], capsys)
         assert code == 2 and words in one_error_line(err)
 
-    a = tmp_path / "a.mid"
-    write_midi(scale_melody(), a)
-    code, _, err = run(["interpolate", str(a), str(a), "--steps", "1", "--out",
-                        str(tmp_path / "i"), "--model", str(ckpt)], capsys)
-    assert code == 2 and "at least 2" in one_error_line(err)
-
 
 def test_real_process_reports_one_line(tmp_path: Path, ckpt: Path) -> None:
     text = tmp_path / "tune.mid"

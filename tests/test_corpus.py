@@ -12,7 +12,7 @@ from conftest import scale_melody
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from melodyvae.melody import Melody, Note, from_tokens, steps_per_bar_for
+from melodyvae.melody import Melody, Note, from_tokens, steps_per_bar_for, to_tokens
 from melodyvae.midi import write_midi
 from melodyvae.training.corpus import (
     CORPUS_FORMAT_VERSION,
@@ -28,6 +28,7 @@ from melodyvae.training.corpus import (
     midi_tunes,
     split_abc,
     split_of,
+    windows,
 )
 
 
@@ -248,7 +249,9 @@ def test_midi_tunes_reads_a_folder_and_reports_broken_files(tmp_path: Path) -> N
     for tune in tunes:
         assert spans(tune.melody) == spans(melodies[tune.name])
     corpus = build_corpus(tunes, 4, 1, str(folder), report)
-    assert len(corpus.tokens) == 5 + 1 + 3
+    distinct = sum(len({to_tokens(w)[0].tobytes() for w in windows(t.melody, 4, 1)})
+                   for t in tunes)  # windows equal to an earlier one of the same tune go
+    assert 3 <= len(corpus.tokens) == distinct <= 5 + 1 + 3
     assert any("NotMidiError" in line for line in report.lines())
     assert len(melodies_from_midi_folder(folder)) == 3
 
@@ -311,7 +314,9 @@ C2|:DEFG ABcd|e4-e4:|cBAG FEDC|C8|]
 def test_melody_from_music21_pads_the_pickup_and_expands_repeats() -> None:
     music21 = pytest.importorskip("music21")
     score = music21.converter.parse(PICKUP_REPEATS, format="abc")
-    melody = melody_from_music21(score)
+    parsed = melody_from_music21(score)
+    melody = parsed.melody
+    assert parsed.expanded and (parsed.notated_steps, parsed.expanded_steps) == (80, 112)
     assert melody.time_signature == (4, 4) and melody.steps_per_bar == 16
     run = [62, 64, 65, 67, 69, 71, 72, 74]  # D E F G A B c d
     expected = [(12, 16, 60)]  # the pickup: a quarter note just before the first bar line
@@ -329,9 +334,41 @@ def test_melody_from_music21_pads_the_pickup_and_expands_repeats() -> None:
 def test_melody_from_music21_three_four_pickup() -> None:
     music21 = pytest.importorskip("music21")
     abc = "X:1\nT:Waltz\nM:3/4\nL:1/4\nK:F\nC|F2A|c3|A2F|C3|F3|]\n"
-    melody = melody_from_music21(music21.converter.parse(abc, format="abc"))
+    melody = melody_from_music21(music21.converter.parse(abc, format="abc")).melody
     assert melody.time_signature == (3, 4) and melody.steps_per_bar == 12
     assert spans(melody)[:3] == [(8, 12, 60), (12, 20, 65), (20, 24, 69)]
     assert melody.total_steps == 12 * 6
     # every bar's first note falls on a bar line
     assert [n.start for n in melody.notes if n.start % 12 == 0] == [12, 24, 36, 48, 60]
+
+
+def test_a_repeat_expansion_past_the_limit_is_read_as_notated() -> None:
+    music21 = pytest.importorskip("music21")
+    score = music21.converter.parse(PICKUP_REPEATS, format="abc")
+    parsed = melody_from_music21(score, max_expansion=1.2)  # 112 / 80 = 1.4: a blow-up here
+    assert not parsed.expanded
+    assert parsed.melody.total_steps == parsed.notated_steps == 80
+    assert parsed.expanded_steps == 112
+    assert [n.pitch for n in parsed.melody.notes].count(76) == 1  # the section once
+
+
+def test_repeated_windows_of_a_tune_are_dropped_and_long_tunes_capped() -> None:
+    # 4 distinct bars played 10 times over: 40 bars, 37 windows of 4 bars, 4 of them distinct
+    bar_pitches = [60, 62, 64, 65]
+    notes = tuple(Note(16 * b + 4 * i, 16 * b + 4 * i + 4, bar_pitches[b % 4] + i)
+                  for b in range(40) for i in range(4))
+    looped = Tune("looped", Melody(notes, 40 * 16, 16, 120.0, (4, 4)))
+    long_tune = quarter_tune("long", 200, seed=1)  # 197 windows of random quarter notes
+    report = BuildReport()
+    corpus = build_corpus([looped, long_tune, quarter_tune("short", 8)], 4, 1, "test", report,
+                          max_windows_per_tune=50)
+    per_tune = np.bincount(corpus.tune)
+    assert per_tune.tolist() == [4, 50, 5]
+    assert len({row.tobytes() for row in corpus.tokens[corpus.tune == 0]}) == 4
+    assert report.windows_dropped_duplicate == 33
+    assert report.tunes_capped == 1 and report.windows_dropped_cap == 197 - 50
+    shares = report.largest_shares
+    assert [row["tune"] for row in shares] == ["long", "short", "looped"]
+    assert shares[0]["phrases"] == 50 and shares[0]["share"] == pytest.approx(50 / 59, abs=1e-4)
+    text = "\n".join(report.lines())
+    assert "largest contributors" in text and "long: 50" in text

@@ -58,7 +58,7 @@ def test_several_clients_at_once_each_get_their_melody(vae: MelodyVAE) -> None:
             sock.close()
         ids = {messages[-1][1][0] for messages in results.values()}
         assert len(results) == 4 and len(ids) == 4  # one melody each, distinct ids
-        assert server.core.engine.stats.decoded == 4
+        assert server.core.engine.snapshot().decoded == 4
 
 
 def test_close_stops_every_thread(vae: MelodyVAE) -> None:

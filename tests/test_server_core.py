@@ -4,7 +4,6 @@ function, the engine runs in the test thread, and the replies are parsed back.""
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from pythonosc.osc_bundle_builder import OscBundleBuilder
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 
-from melodyvae.cpu_decode import MAX_ROWS, Rolling, numpy_context
+from melodyvae.decode import MAX_ROWS, Rolling, numpy_context
 from melodyvae.inference import MelodyVAE, slerp
 from melodyvae.melody import from_note_list
 from melodyvae.server.core import ServerConfig, ServerCore
@@ -64,7 +63,7 @@ class Wire:
     def replies(self, run: bool = True) -> list[tuple[str, tuple[Any, ...], tuple[str, int]]]:
         """Everything sent since the last call: (address, args, destination)."""
         if run:
-            self.core.files.run_pending()
+            assert self.core.files.wait_idle()
             self.core.engine.run_pending()
         out = []
         for data, addr in self.sent:
@@ -115,7 +114,7 @@ def test_ping_status_and_stats(vae: MelodyVAE) -> None:
     assert wire.one("/mvae/status") == ("tiny", 4, Z_DIM, "cpu", 16, 0)
     wire.send("/mvae/stats")
     stats = wire.one("/mvae/stats")
-    assert len(stats) == 11 and stats[0] == 4  # four datagrams received
+    assert len(stats) == 19 and stats[0] == 4  # four datagrams received
 
 
 def test_z_answers_with_the_melody_of_that_vector(vae: MelodyVAE) -> None:
@@ -208,19 +207,18 @@ def test_latest_wins_for_one_client(vae: MelodyVAE) -> None:
     assert melodies[0]["notes"] == [
         (p, v, pytest.approx(s), pytest.approx(d)) for p, v, s, d in notes_of(vae, z)]
     engine = wire.core.engine
-    assert engine.decodes.superseded == 49
-    assert engine.decodes.max_waiting == 1
+    assert engine.snapshot().superseded == 49
+    assert engine.snapshot().max_waiting == 1
 
 
 def test_clients_that_ask_together_are_decoded_as_one_batch(vae: MelodyVAE) -> None:
     wire = Wire(vae)
-    batches: list[int] = []
-    wire.core.engine.on_batch = batches.append
     vectors = {("127.0.0.1", 50000 + i): [0.3 * i, -0.2 * i, 1.0] for i in range(4)}
     for sender, z in vectors.items():
         wire.send("/mvae/z", *z, sender=sender)
     melodies = wire.melodies()
-    assert batches == [4]
+    stats = wire.core.engine.snapshot()
+    assert (stats.batches, stats.max_batch, stats.decoded) == (1, 4, 4)
     assert {m["to"] for m in melodies} == set(vectors)
     for m in melodies:
         vector = np.zeros(Z_DIM, np.float32)
@@ -240,7 +238,7 @@ def test_a_batch_wider_than_max_rows_answers_every_client_as_alone(
     for sender, z in vectors.items():
         wire.send("/mvae/z", *z, sender=sender)
     melodies = wire.melodies()
-    assert wire.core.engine.stats.max_batch == clients
+    assert wire.core.engine.snapshot().max_batch == clients
     assert sorted(m["to"] for m in melodies) == sorted(vectors)
     for m in melodies:
         vector = np.zeros(Z_DIM, np.float32)
@@ -334,6 +332,22 @@ def test_xy_and_axes_follow_the_documented_rule(vae_axes: MelodyVAE) -> None:
                                [1.0, -2.0, 0.5, 0, 0, 0, 0, 0], atol=1e-9)
     wire.send("/mvae/axis", "nope", 1.0)
     assert "unknown axis 'nope'" in wire.error()
+
+
+def test_axis_sets_several_pairs_at_once_or_none(vae_axes: MelodyVAE) -> None:
+    wire = Wire(vae_axes)
+    client = wire.core.client(CLIENT)
+    wire.send("/mvae/axis", "pc4", 1.5, "pc7", -0.5, "mean_pitch", 0.25)
+    assert len(wire.melodies()) == 1  # one melody for the three
+    assert (client.pcs[3], client.pcs[6]) == (1.5, -0.5)
+    assert client.amounts == {"mean_pitch": 0.25}
+    wire.send("/mvae/axis", "pc1", 2.0, "nope", 1.0)
+    assert "unknown axis 'nope'" in wire.error()
+    assert client.pcs[0] == 0.0  # nothing was set
+    wire.send("/mvae/axis", "pc1", 2.0, "pc2")
+    assert "(name, value) pairs" in wire.error()
+    wire.send("/mvae/axis", *(["pc1", 1.0] * 17))
+    assert "expects 2 to 32 arguments" in wire.error()
 
 
 def test_a_full_vector_is_kept_exactly_and_then_moved_along_axes(
@@ -449,22 +463,13 @@ def test_encode_file_reads_midi_inside_allow_dir_only(vae: MelodyVAE, tmp_path: 
     for name, reason in [("../outside.mid", "outside the allowed folder"),
                          (str(tmp_path / "outside.mid"), "outside the allowed folder"),
                          ("link.mid", "outside the allowed folder"),
-                         ("notes.txt", "not a MIDI (.mid, .midi) or audio"),
+                         ("notes.txt", "not a MIDI or audio file (.mid, .midi"),
                          ("missing.mid", "no such file")]:
         wire.send("/mvae/encode/file", name)
         assert reason in wire.error()
     (allowed / "broken.mid").write_bytes(b"MThd garbage")
     wire.send("/mvae/encode/file", "broken.mid")
     assert "broken MIDI file" in wire.error()
-
-
-def test_encode_file_wav_without_a_transcriber_says_so(
-        vae: MelodyVAE, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "take.wav").write_bytes(b"RIFF")
-    monkeypatch.setitem(sys.modules, "melodyvae.audio", None)  # import fails
-    wire = Wire(vae, allow_dir=tmp_path)
-    wire.send("/mvae/encode/file", "take.wav")
-    assert "audio encoding is unavailable" in wire.error()
 
 
 def test_encode_file_passes_transcriber_errors_on(vae: MelodyVAE, tmp_path: Path) -> None:
@@ -524,12 +529,12 @@ def test_a_decode_gone_stale_leaves_the_batch_and_the_newer_request_answers(
     admit_and_step(wire)  # both clients' decodes are running
     wire.send("/mvae/z", 2.0)  # ... when the first moves on
     admit_and_step(wire)
-    assert engine.stats.cancelled == 1
+    assert engine.snapshot().cancelled == 1
     assert len(engine.rolling) == 2  # the other client's decode stays, the new one joined
     melodies = wire.melodies()
     assert [(m["to"], m["notes"]) for m in melodies] == [
         (other, melody_notes(vae, 3.0)), (CLIENT, melody_notes(vae, 2.0))]
-    assert engine.stats.decoded == 2
+    assert engine.snapshot().decoded == 2
     assert not engine.running and not engine.flying
 
 
@@ -543,8 +548,8 @@ def test_a_stale_whole_batch_stops_once_every_client_has_moved_on(
         running = engine.decodes.take()  # the worker has started on this one
     wire.send("/mvae/z", 2.0)  # ... when the client moves on
     engine._decode(running)
-    assert engine.stats.cancelled == 1
-    assert engine.stats.decoded == 0
+    assert engine.snapshot().cancelled == 1
+    assert engine.snapshot().decoded == 0
     melodies = wire.melodies()
     assert len(melodies) == 1
     assert melodies[0]["notes"] == melody_notes(vae, 2.0)
@@ -565,16 +570,16 @@ def test_a_flood_hears_a_melody_once_it_has_waited_long_enough(
 
     for value in (1.0, 2.0, 3.0, 4.0):  # each stops the one before, within the wait allowed
         flood_step(value)
-    assert (engine.stats.cancelled, engine.stats.decoded) == (3, 0)
+    assert (engine.snapshot().cancelled, engine.snapshot().decoded) == (3, 0)
     flood_step(5.0)  # 4 steps of MAX_UNANSWERED_S / 2.5 since the first stop: 4.0 stays
-    assert engine.stats.cancelled == 3
+    assert engine.snapshot().cancelled == 3
     assert [job.protected for job in engine.flying[CLIENT]] == [True, False]
     flood_step(6.0)  # 5.0 leaves, 4.0 still runs: never more than two per client
-    assert engine.stats.cancelled == 4
+    assert engine.snapshot().cancelled == 4
     assert len(engine.rolling) == 2
     melodies = wire.melodies()  # the flood stops: 4.0 completes, then 6.0
     assert [m["notes"] for m in melodies] == [melody_notes(vae, 4.0), melody_notes(vae, 6.0)]
-    assert (engine.stats.cancelled, engine.stats.decoded) == (4, 2)
+    assert (engine.snapshot().cancelled, engine.snapshot().decoded) == (4, 2)
     assert not engine.running and not engine.flying
 
 

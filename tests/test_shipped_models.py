@@ -34,6 +34,7 @@ def test_models_lists_the_three_shipped_models() -> None:
     for name, bars in SHIPPED.items():
         line = next(v for k, v in lines.items() if k.startswith(name))
         assert f"{bars} bars" in line and "sampled_accuracy" in line, line
+    assert "non-commercial use only" in lines["licence"], done.stdout
 
 
 def test_shipped_files_stay_small() -> None:

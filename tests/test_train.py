@@ -254,3 +254,94 @@ def test_init_from_another_shape_starts_the_schedules_over(tmp_path: Path,
                                    max_steps=4))
     assert [r["step"] for r in read_metrics(tmp_path / "third") if r["kind"] == "train"][0] == 1
     assert load_checkpoint(third).preset.model.z_dim == 4
+
+
+# ------------------------------------------------------------- resume is exact and safe
+
+
+def _state(run: Path) -> dict[str, torch.Tensor]:
+    with safe_open(str(run / STATE_FILE), framework="pt") as f:
+        names = list(f.keys())
+        return {k: f.get_tensor(k) for k in names}
+
+
+def _same_run(a: Path, b: Path, from_step: int = 0) -> None:
+    """Two run folders hold bit-identical weights, optimizer state and logged losses."""
+    wa = load_checkpoint(a / MODEL_FILE).model.state_dict()
+    wb = load_checkpoint(b / MODEL_FILE).model.state_dict()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+    sa, sb = _state(a), _state(b)
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+    rows_a = [{k: v for k, v in r.items() if k != "elapsed_s"} for r in read_metrics(a)]
+    rows_b = [{k: v for k, v in r.items() if k != "elapsed_s"} for r in read_metrics(b)]
+    assert [r for r in rows_a if r["step"] > from_step] == \
+           [r for r in rows_b if r["step"] > from_step]
+
+
+def test_resume_is_exact(tmp_path: Path, corpus_file: Path) -> None:
+    """20 steps in one go == 10 steps, then --resume to 20: same weights, optimizer and
+    losses, bit for bit (step 11 draws its own batch and latent noise, not step 1's)."""
+    preset = get_preset(PRESET)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(preset, options(straight, corpus_file, max_steps=20))
+    train(preset, options(resumed, corpus_file, max_steps=10))
+    train(preset, options(resumed, corpus_file, max_steps=20, resume=True))
+    _same_run(straight, resumed)
+    assert [r["step"] for r in read_metrics(resumed) if r["kind"] == "train"] == \
+           [1, 5, 10, 15, 20]
+
+
+def test_a_stop_between_the_two_writes_resumes_from_the_state(tmp_path: Path,
+                                                              corpus_file: Path) -> None:
+    """Killed after the training state was renamed but before the model file was: the model
+    file is a checkpoint behind, and the resume still continues the exact run."""
+    preset = get_preset(PRESET)
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    train(preset, options(straight, corpus_file, max_steps=30))
+    train(preset, options(killed, corpus_file, max_steps=10))
+    behind = (killed / MODEL_FILE).read_bytes()
+    train(preset, options(killed, corpus_file, max_steps=20, resume=True))
+    (killed / MODEL_FILE).write_bytes(behind)  # the step-20 model never landed
+    train(preset, options(killed, corpus_file, max_steps=30, resume=True))
+    _same_run(straight, killed)
+
+
+def test_a_state_without_weights_must_match_the_model_step(tmp_path: Path,
+                                                           corpus_file: Path) -> None:
+    """A state file of the older layout (optimizer only) is used when its step is the model
+    file's, and refused in one line when it is not."""
+    from safetensors.torch import save_file
+
+    preset = get_preset(PRESET)
+    run = tmp_path / "run"
+    train(preset, options(run, corpus_file, max_steps=10))
+    behind = (run / MODEL_FILE).read_bytes()
+    train(preset, options(run, corpus_file, max_steps=20, resume=True))
+    with safe_open(str(run / STATE_FILE), framework="pt") as f:
+        meta = f.metadata()
+    optimizer_only = {k: v for k, v in _state(run).items() if not k.startswith("model.")}
+    save_file(optimizer_only, str(run / STATE_FILE), metadata=meta)
+    train(preset, options(run, corpus_file, max_steps=25, resume=True))  # steps agree
+    assert load_checkpoint(run / MODEL_FILE).info["training"]["step"] == 25
+    save_file(optimizer_only, str(run / STATE_FILE), metadata=meta)  # at step 20
+    (run / MODEL_FILE).write_bytes(behind)  # at step 10
+    with pytest.raises(TrainingError, match=r"at step 20 but model\.safetensors at step 10"):
+        train(preset, options(run, corpus_file, max_steps=30, resume=True))
+
+
+def test_a_torn_metrics_line_is_tolerated(tmp_path: Path, corpus_file: Path) -> None:
+    preset = get_preset(PRESET)
+    run = tmp_path / "run"
+    train(preset, options(run, corpus_file, max_steps=10))
+    with open(run / METRICS_FILE, "a") as log:  # logged after the last checkpoint, then killed
+        log.write(json.dumps({"kind": "train", "step": 15, "loss": 1.0}) + "\n")
+        log.write('{"kind": "train", "step": 16, "lo')
+    train(preset, options(run, corpus_file, max_steps=20, resume=True))
+    lines = (run / METRICS_FILE).read_text().splitlines()
+    rows = [json.loads(line) for line in lines]  # every line whole again
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 5, 10, 15, 20]
+    assert all(r.get("loss") != 1.0 for r in rows)  # the step-15 row is the resumed run's
+    assert (run / CURVES_FILE).read_bytes().startswith(b"\x89PNG")

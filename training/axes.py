@@ -6,20 +6,27 @@
   of an attribute minus the mean z of the bottom quartile. Adding the vector to a z moves
   the melody from "low" to "high" in that attribute.
 
-Both are stored in the checkpoint's JSON under ``axes`` (see :func:`axes_document`), so
-user-trained models get sliders too (``melodyvae axes MODEL DATA``).
+Both are stored in the checkpoint's JSON under ``axes`` (the document of
+:mod:`melodyvae.axes`), so user-trained models get sliders too (``melodyvae axes MODEL
+DATA``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from melodyvae import axes as axes_schema
+from melodyvae.axes import PCA_AXES
 from melodyvae.melody import HOLD, REST
 
-PCA_AXES = 8
+if TYPE_CHECKING:
+    from melodyvae.inference import MelodyVAE
+
+MAX_PHRASES = 20000  # phrases the axes are computed from at most
 
 # Attribute functions take one phrase's tokens (T,) and return a float (nan when undefined).
 
@@ -86,13 +93,13 @@ def attribute_table(tokens: np.ndarray, names: Sequence[str] = tuple(ATTRIBUTES)
     return np.array([[ATTRIBUTES[n](row) for n in names] for row in tokens], dtype=np.float64)
 
 
-def pca(mu: np.ndarray, k: int = PCA_AXES) -> dict[str, list]:
-    """Mean, first k unit directions and their standard deviations of the rows of ``mu``."""
+def pca(mu: np.ndarray, k: int = PCA_AXES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean (Z,), standard deviations (k,) and unit directions (k, Z) of the rows of ``mu``."""
     mean = mu.mean(axis=0)
     centred = mu - mean
     _, singular, vt = np.linalg.svd(centred, full_matrices=False)
     std = singular[:k] / math.sqrt(max(1, len(mu) - 1))
-    return {"mean": mean.tolist(), "std": std.tolist(), "directions": vt[:k].tolist()}
+    return mean, std, vt[:k]
 
 
 def attribute_vectors(mu: np.ndarray, table: np.ndarray, names: Sequence[str]
@@ -108,23 +115,21 @@ def attribute_vectors(mu: np.ndarray, table: np.ndarray, names: Sequence[str]
     return out
 
 
-def axes_document(mu: np.ndarray, tokens: np.ndarray) -> dict[str, object]:
+def axes_document(mu: np.ndarray, tokens: np.ndarray) -> dict[str, Any]:
     """The ``axes`` entry of a checkpoint, from posterior means (N, Z) of phrases (N, T)."""
     names = list(ATTRIBUTES)
     table = attribute_table(tokens, names)
-    return {
-        "pca": pca(mu),
-        "attributes": attribute_vectors(mu, table, names),
-        "attribute_std": np.nanstd(table, axis=0).tolist(),
-        "attribute_names": names,
-        "n_phrases": int(len(mu)),
-    }
+    mean, std, directions = pca(mu)
+    vectors = {name: np.asarray(v) for name, v in attribute_vectors(mu, table, names).items()}
+    return axes_schema.axes_document(mean, std, directions, vectors,
+                                     np.nanstd(table, axis=0), len(mu))
 
 
-def pca_point(axes: dict, coords: dict[int, float]) -> np.ndarray:
-    """z at PCA coordinates ``{axis index: value in standard deviations}`` (others 0)."""
-    p = axes["pca"]
-    z = np.array(p["mean"], dtype=np.float64)
-    for k, value in coords.items():
-        z += value * p["std"][k] * np.array(p["directions"][k])
-    return z.astype(np.float32)
+def compute_axes(vae: MelodyVAE, tokens: np.ndarray, max_phrases: int = MAX_PHRASES
+                 ) -> tuple[dict[str, Any], int]:
+    """The ``axes`` entry for ``vae`` from phrases (N, T), at most ``max_phrases`` of them
+    (a fixed random subset, in order); the document and the number of phrases used."""
+    if len(tokens) > max_phrases:
+        rng = np.random.default_rng(0)
+        tokens = tokens[np.sort(rng.choice(len(tokens), max_phrases, replace=False))]
+    return axes_document(vae.encode_means(tokens), tokens), len(tokens)

@@ -26,13 +26,14 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from melodyvae.errors import MelodyVAEError
-from melodyvae.melody import REST, Melody, MelodyError, Note, to_tokens
-from melodyvae.midi import MidiError, read_midi
+from melodyvae.melody import Melody, MelodyError, Note, to_tokens
+from melodyvae.midi import MIDI_SUFFIXES, MidiError, read_midi
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -40,8 +41,12 @@ CORPUS_FORMAT_VERSION = 1
 BAR_STEPS = 16  # the model's bar: 16 sixteenth notes
 SPLITS = ("train", "valid", "test")
 FOLK_COLLECTIONS = ("essenFolksong", "oneills1850", "ryansMammoth", "airdsAirs", "miscFolk")
-FOLK_CACHE_VERSION = 1
-MIDI_SUFFIXES = (".mid", ".midi", ".kar", ".smf")
+FOLK_CACHE_VERSION = 2  # 2: the notated (unexpanded) length of every tune is cached too
+MAX_REPEAT_EXPANSION = 4.0  # a tune whose repeats expand it past this many times its notated
+# length is read as notated: real repeat marks double or triple a tune; a longer expansion
+# comes from variation parts or repeat fields that music21 unrolls over and over
+MAX_WINDOWS_PER_TUNE = 48  # phrases one tune may give at most (after exact duplicates go)
+BALANCE_TOP = 10  # tunes listed in the build report's balance
 
 
 class CorpusError(MelodyVAEError, ValueError):
@@ -68,6 +73,7 @@ class Tune:
 
     name: str  # stable identifier: source and position
     melody: Melody
+    notated_steps: int | None = None  # length as written, before repeats were expanded
 
 
 @dataclass
@@ -81,6 +87,11 @@ class BuildReport:
     meters_dropped: Counter[str] = field(default_factory=Counter)  # meter -> tunes left out
     phrases: int = 0
     windows_dropped_sparse: int = 0  # all-rest or near-empty windows
+    windows_dropped_duplicate: int = 0  # exact repeats of an earlier window of the same tune
+    windows_dropped_cap: int = 0  # past MAX_WINDOWS_PER_TUNE of one tune
+    tunes_capped: int = 0  # tunes that had more windows than the cap
+    repeats_not_expanded: list[str] = field(default_factory=list)  # blow-ups read as notated
+    largest_shares: list[dict[str, Any]] = field(default_factory=list)  # the top tunes
     pitches_folded: int = 0  # notes moved by octaves into 21..108
     split_phrases: dict[str, int] = field(default_factory=dict)
     split_tunes: dict[str, int] = field(default_factory=dict)
@@ -97,6 +108,9 @@ class BuildReport:
             "split (phrases): " + ", ".join(f"{k} {v}" for k, v in self.split_phrases.items()),
             "split (tunes): " + ", ".join(f"{k} {v}" for k, v in self.split_tunes.items()),
             f"windows dropped as empty or near-empty: {self.windows_dropped_sparse}",
+            f"windows dropped as exact repeats within a tune: {self.windows_dropped_duplicate}",
+            f"windows dropped past {MAX_WINDOWS_PER_TUNE} per tune: {self.windows_dropped_cap} "
+            f"(from {self.tunes_capped} tunes)",
             f"notes folded into 21..108 by octaves: {self.pitches_folded}",
             "meters seen: " + ", ".join(f"{k} {v}" for k, v in self.meters.most_common()),
         ]
@@ -105,8 +119,18 @@ class BuildReport:
                 "left out for their meter (the model's bars are 16 sixteenths): "
                 + ", ".join(f"{k} {v}" for k, v in self.meters_dropped.most_common())
             )
+        if self.repeats_not_expanded:
+            out.append(
+                f"repeats left unexpanded (expansion past {MAX_REPEAT_EXPANSION:g}x the notated "
+                f"length): {len(self.repeats_not_expanded)}: "
+                + ", ".join(self.repeats_not_expanded[:BALANCE_TOP])
+                + (" ..." if len(self.repeats_not_expanded) > BALANCE_TOP else ""))
         for reason, count in self.skipped.most_common():
             out.append(f"skipped {count}: {reason}")
+        if self.largest_shares:
+            out.append("largest contributors (phrases, share of the corpus):")
+            out.extend(f"  {row['tune']}: {row['phrases']} ({100 * float(row['share']):.2f}%)"
+                       for row in self.largest_shares)
         return out
 
 
@@ -209,8 +233,14 @@ def build_corpus(
     hop_bars: int,
     source: str,
     report: BuildReport,
+    max_windows_per_tune: int = MAX_WINDOWS_PER_TUNE,
 ) -> Corpus:
-    """Window the tunes into phrases, tokenize them and split by tune."""
+    """Window the tunes into phrases, tokenize them and split by tune.
+
+    Within a tune, a window equal to an earlier one is dropped (expanded repeats give many),
+    and a tune gives at most ``max_windows_per_tune`` phrases, taken evenly over its length,
+    so no single long tune outweighs hundreds of others.
+    """
     rows: list[np.ndarray] = []
     tune_index: list[int] = []
     names: list[str] = []
@@ -221,16 +251,28 @@ def build_corpus(
         if melody is None:
             report.meters_dropped[meter] += 1
             continue
-        n_before = len(rows)
+        kept: list[np.ndarray] = []
+        seen: set[bytes] = set()
         for phrase in windows(melody, bars, hop_bars):
             if len(phrase.notes) < min_notes(bars):
                 report.windows_dropped_sparse += 1
                 continue
             tokens, folded = to_tokens(phrase)
+            key = tokens.astype(np.uint8).tobytes()
+            if key in seen:
+                report.windows_dropped_duplicate += 1
+                continue
+            seen.add(key)
             report.pitches_folded += folded
-            rows.append(tokens.astype(np.uint8))
-            tune_index.append(len(names))
-        if len(rows) > n_before:
+            kept.append(tokens.astype(np.uint8))
+        if len(kept) > max_windows_per_tune:
+            report.tunes_capped += 1
+            report.windows_dropped_cap += len(kept) - max_windows_per_tune
+            pick = np.linspace(0, len(kept) - 1, max_windows_per_tune).round().astype(int)
+            kept = [kept[i] for i in pick]
+        if kept:
+            rows.extend(kept)
+            tune_index.extend([len(names)] * len(kept))
             names.append(tune.name)
             report.kept += 1
         else:
@@ -243,6 +285,12 @@ def build_corpus(
     report.phrases = len(rows)
     report.split_phrases = {s: int((split == i).sum()) for i, s in enumerate(SPLITS)}
     report.split_tunes = {s: int((tune_split == i).sum()) for i, s in enumerate(SPLITS)}
+    counts = np.bincount(tune_arr, minlength=len(names))
+    report.largest_shares = [
+        {"tune": names[i], "phrases": int(counts[i]),
+         "share": round(float(counts[i]) / len(rows), 5)}
+        for i in np.argsort(-counts, kind="stable")[:BALANCE_TOP]
+    ]
     meta = {
         "format_version": CORPUS_FORMAT_VERSION,
         "bars": bars,
@@ -339,31 +387,58 @@ def folk_tune_texts(collections: Iterable[str] = FOLK_COLLECTIONS) -> list[tuple
     return out
 
 
-def melody_from_music21(score) -> Melody:
+@dataclass(frozen=True)
+class FolkParse:
+    """A folk tune read from music21, with its lengths before and after repeats."""
+
+    melody: Melody
+    notated_steps: int  # 16ths as written (pickup padding included)
+    expanded_steps: int  # 16ths once music21 expanded the repeats (= notated when it could not)
+
+    @property
+    def expanded(self) -> bool:
+        """Whether the melody is the expanded tune (False: read as notated)."""
+        return self.melody.total_steps == self.expanded_steps != self.notated_steps
+
+
+def melody_from_music21(score, max_expansion: float = MAX_REPEAT_EXPANSION) -> FolkParse:
     """The first part of a music21 score as a melody on the 16th grid.
 
-    Repeats are expanded (a tune as played); ties are merged; grace notes are left out;
+    Repeats are expanded (a tune as played) unless that makes the tune longer than
+    ``max_expansion`` times its notated length; ties are merged; grace notes are left out;
     chords give their highest note. A pickup bar is padded with silence in front so that
     bar lines fall on multiples of the bar length.
     """
-    from music21 import meter, note, stream
+    from music21 import meter, stream
 
     parts = score.parts if hasattr(score, "parts") and len(score.parts) else [score]
-    part = parts[0]
+    notated = parts[0]
+    expanded = notated
     try:
-        part = part.expandRepeats()
+        expanded = notated.expandRepeats()
     except Exception:  # music21 raises several kinds for unbalanced repeat marks
         _LOGGER.debug("repeats not expanded for %s", getattr(score, "metadata", None))
-    signatures = list(part.recurse().getElementsByClass(meter.TimeSignature))
+    signatures = list(notated.recurse().getElementsByClass(meter.TimeSignature))
     ts = signatures[0] if signatures else meter.TimeSignature("4/4")
-    numerator, denominator = ts.numerator, ts.denominator
     bar_quarters = float(ts.barDuration.quarterLength)
-    measures = list(part.getElementsByClass(stream.Measure))
+    measures = list(notated.getElementsByClass(stream.Measure))
     pad = 0.0
     if measures:
         first = float(measures[0].duration.quarterLength)
         if 0 < first < bar_quarters:
             pad = bar_quarters - first
+    notated_line = _line_of(notated, ts, pad)
+    expanded_line = notated_line if expanded is notated else _line_of(expanded, ts, pad)
+    blown_up = expanded_line.total_steps > max_expansion * max(notated_line.total_steps, 1)
+    return FolkParse(notated_line if blown_up else expanded_line, notated_line.total_steps,
+                     expanded_line.total_steps)
+
+
+def _line_of(part, ts, pad: float) -> Melody:
+    from music21 import note
+
+    from melodyvae.melody import monophonic, steps_per_bar_for
+
     notes: list[Note] = []
     flat = part.stripTies().flatten()
     for element in flat.notes:
@@ -378,16 +453,13 @@ def melody_from_music21(score) -> Melody:
         start = round((float(element.offset) + pad) * 4)
         end = max(start + 1, round((float(element.offset) + pad + length) * 4))
         notes.append(Note(start, end, int(pitch)))
-    from melodyvae.melody import monophonic, steps_per_bar_for
-
     total = round((float(flat.highestTime) + pad) * 4)
-    line = monophonic(notes, total, steps_per_bar_for(numerator, denominator), 120.0,
-                      (numerator, denominator))
-    return line
+    return monophonic(notes, total, steps_per_bar_for(ts.numerator, ts.denominator), 120.0,
+                      (ts.numerator, ts.denominator))
 
 
 def _parse_folk_job(job: tuple[str, str]) -> tuple[str, list[tuple[int, int, int]] | None,
-                                                    tuple[int, int, int] | str]:
+                                                    tuple[int, int, int, int, int] | str]:
     name, text = job
     import warnings
 
@@ -397,13 +469,15 @@ def _parse_folk_job(job: tuple[str, str]) -> tuple[str, list[tuple[int, int, int
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             score = converter.parse(text, format="abc")
-            melody = melody_from_music21(score)
+            parsed = melody_from_music21(score)
     except Exception as e:  # a malformed tune; reported by kind, the build goes on
         return name, None, f"music21 could not read it ({type(e).__name__})"
+    melody = parsed.melody
     if not melody.notes:
         return name, None, "no notes"
     notes = [(n.start, n.end, n.pitch) for n in melody.notes]
-    return name, notes, (melody.total_steps, *melody.time_signature)
+    return name, notes, (melody.total_steps, *melody.time_signature, parsed.notated_steps,
+                         parsed.expanded_steps)
 
 
 def _folk_cache_path(cache_dir: Path) -> Path:
@@ -431,7 +505,7 @@ def folk_tunes(
     jobs = folk_tune_texts(collections)
     names: list[str] = []
     note_rows: list[tuple[int, int, int, int]] = []
-    shapes: list[tuple[int, int, int]] = []
+    shapes: list[tuple[int, int, int, int, int]] = []
     failures: dict[str, str] = {}
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
         results = pool.map(_parse_folk_job, jobs, chunksize=16)
@@ -451,13 +525,13 @@ def folk_tunes(
         np.savez_compressed(
             tmp,
             notes=np.asarray(note_rows, dtype=np.int32).reshape(-1, 4),
-            shapes=np.asarray(shapes, dtype=np.int32).reshape(-1, 3),
+            shapes=np.asarray(shapes, dtype=np.int32).reshape(-1, 5),
             meta=np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8),
         )
         os.replace(tmp, cache)
     return _tunes_from_arrays(
         np.asarray(note_rows, dtype=np.int32).reshape(-1, 4),
-        np.asarray(shapes, dtype=np.int32).reshape(-1, 3), meta, report,
+        np.asarray(shapes, dtype=np.int32).reshape(-1, 5), meta, report,
     )
 
 
@@ -481,20 +555,19 @@ def _tunes_from_arrays(
     bounds = np.searchsorted(notes[:, 0], np.arange(len(meta["names"]) + 1))
     tunes = []
     for i, name in enumerate(meta["names"]):
-        total, num, den = (int(v) for v in shapes[i])
+        total, num, den, notated, expanded = (int(v) for v in shapes[i])
         rows = notes[bounds[i] : bounds[i + 1]]
         try:
             spb = steps_per_bar_for(num, den)
         except MelodyError:
             report.skipped[f"meter {num}/{den} off the 16th grid"] += 1
             continue
+        if expanded > MAX_REPEAT_EXPANSION * max(notated, 1):
+            report.repeats_not_expanded.append(f"{name} ({expanded // spb} bars expanded, "
+                                               f"{notated // spb} notated)")
         melody = Melody(
             tuple(Note(int(s), int(e), int(p)) for _, s, e, p in rows), total, spb, 120.0,
             (num, den),
         )
-        tunes.append(Tune(name, melody))
+        tunes.append(Tune(name, melody, notated))
     return tunes
-
-
-def is_silent(tokens: np.ndarray) -> bool:
-    return bool(np.all((tokens == REST) | (tokens == 0)))

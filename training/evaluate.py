@@ -1,15 +1,18 @@
-"""Evaluation: the MusicVAE paper's reconstruction accuracies, NLL, KL and active units."""
+"""Evaluation: the MusicVAE paper's reconstruction accuracies, NLL, KL and active units,
+and the musical measures (:mod:`melodyvae.training.measures`) of a model beside the
+held-out data and a Markov-chain baseline."""
 
 from __future__ import annotations
 
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from melodyvae import decode
 from melodyvae.melody import to_tokens
 from melodyvae.model import VAE, kl_divergence, reconstruction_nll
 from melodyvae.training.corpus import (
@@ -22,7 +25,12 @@ from melodyvae.training.corpus import (
     windows,
 )
 
+if TYPE_CHECKING:
+    from melodyvae.inference import MelodyVAE
+
 ACTIVE_UNIT_VARIANCE = 0.01  # a latent dim is active when Var_x[mu(x)] exceeds this
+TEMPERATURES = (0.0, 0.5, 1.0)  # prior samples are measured at each of these
+MUSIC_SAMPLES = 1000  # prior samples per temperature, and Markov-chain samples
 
 
 @torch.no_grad()
@@ -55,7 +63,7 @@ def evaluate_tokens(model: VAE, tokens: np.ndarray | torch.Tensor, batch_size: i
         nll_total += float(reconstruction_nll(logits, x).sum())
         kl_total += float(kl_divergence(mu, logvar).sum())
         if sampled:
-            sampled_correct += int((model.sample(mu) == x).sum())
+            sampled_correct += int((decode.sample(model, mu) == x).sum())
         mus.append(mu.float().cpu())
     mu_all = torch.cat(mus)
     variance = mu_all.var(dim=0, unbiased=False) if n > 1 else torch.zeros(mu_all.shape[1])
@@ -101,3 +109,92 @@ def load_eval_data(data: str | os.PathLike[str], bars: int, split: str = "test")
     if len(tokens) == 0:
         raise NoPhrasesError(f"{path}: the {split} split is empty")
     return tokens
+
+
+def train_phrases(data: str | os.PathLike[str], bars: int) -> np.ndarray | None:
+    """The train split of a corpus file (what the Markov baseline learns from); None for a
+    folder of MIDI files, which has no train split."""
+    path = Path(data)
+    return None if path.is_dir() else load_eval_data(path, bars, "train")
+
+
+@torch.no_grad()
+def reconstruct(vae: MelodyVAE, tokens: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Greedy reconstructions from the posterior mean: (N, T) tokens -> (N, T)."""
+    rows = []
+    for start in range(0, len(tokens), batch_size):
+        mu, _ = vae.encode_tokens(tokens[start : start + batch_size])
+        rows.append(vae.decode_tokens(mu, 0.0).cpu().numpy())
+    return np.concatenate(rows) if rows else np.zeros((0, vae.steps), dtype=np.int64)
+
+
+def music_measures(vae: MelodyVAE, test: np.ndarray, train: np.ndarray | None = None,
+                   samples: int = MUSIC_SAMPLES, temperatures: tuple[float, ...] = TEMPERATURES,
+                   seed: int = 0, batch_size: int = 256) -> dict[str, Any]:
+    """The musical measures of a model, the held-out data and the Markov baseline.
+
+    ``test`` (N, T): held-out phrases; ``train``: the phrases the Markov chain learns from
+    (None: no baseline). Returns ``{"reconstruction": ..., "samples": {temperature: ...},
+    "heldout": ..., "markov": ... or None, "settings": ...}``; the keys of each part are
+    those of :func:`~melodyvae.training.measures.reconstruction_measures` and
+    :func:`~melodyvae.training.measures.sample_measures` (``docs/measures.md``).
+    Temperatures are keyed as ``str(float(t))``: "0.0", "0.5", "1.0".
+    """
+    from melodyvae.training import measures
+    from melodyvae.training.markov import ORDER, MarkovChain
+    from melodyvae.training.quality import prior_samples
+
+    test = np.asarray(test, dtype=np.int64)
+    if test.ndim != 2 or len(test) == 0:
+        raise NoPhrasesError("no phrases to evaluate")
+    spb = vae.steps_per_bar
+    doc: dict[str, Any] = {
+        "reconstruction": measures.reconstruction_measures(
+            test, reconstruct(vae, test, batch_size)),
+        "samples": {
+            str(float(t)): measures.sample_measures(prior_samples(vae, samples, t, seed), spb)
+            for t in temperatures
+        },
+        "heldout": measures.sample_measures(test, spb),
+        "markov": None,
+    }
+    if train is not None:
+        chain = MarkovChain.fit(train)
+        doc["markov"] = measures.sample_measures(chain.sample(samples, seed), spb)
+    doc["settings"] = {
+        "samples_per_temperature": samples,
+        "temperatures": [float(t) for t in temperatures],
+        "seed": seed,
+        "markov_order": ORDER,
+        "markov_train_phrases": None if train is None else int(len(train)),
+    }
+    return doc
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def music_lines(doc: dict[str, Any]) -> list[str]:
+    """A plain-text table of :func:`music_measures`' document."""
+    rec = doc["reconstruction"]
+    lines = [
+        f"reconstruction ({rec['n']} phrases, greedy from the posterior mean): "
+        f"note F1 {_fmt(rec['note_f1'])} (P {_fmt(rec['note_precision'])}, "
+        f"R {_fmt(rec['note_recall'])}), token accuracy {_fmt(rec['token_accuracy'])} "
+        f"(all-hold {_fmt(rec['hold_baseline_accuracy'])}), one pitch > 8 times "
+        f"{_fmt(rec['repeated_pitch_share'])}",
+        f"{'':>16} {'n':>6} {'key fit':>8} {'diatonic':>8} {'degen.':>7} {'notes/bar':>9} "
+        f"{'range':>6} {'leap|bar':>8} {'leap in':>8} {'bar rep.':>8}",
+    ]
+    rows = [(f"sample T {t}", m) for t, m in doc["samples"].items()]
+    rows.append(("held-out data", doc["heldout"]))
+    if doc.get("markov"):
+        rows.append(("Markov chain", doc["markov"]))
+    for label, m in rows:
+        lines.append(
+            f"{label:>16} {m['n']:>6} {_fmt(m['key_fit']):>8} {_fmt(m['diatonic_share']):>8} "
+            f"{_fmt(m['degenerate_share']):>7} {_fmt(m['notes_per_bar'], 2):>9} "
+            f"{_fmt(m['pitch_range'], 1):>6} {_fmt(m['leap_share_across_bars']):>8} "
+            f"{_fmt(m['leap_share_within_bars']):>8} {_fmt(m['bar_repeat_share']):>8}")
+    return lines

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
 from melodyvae.inference import MelodyVAE, slerp
+from melodyvae.melody import MelodyError
 from melodyvae.training.axes import attribute_table
 
 ALPHAS = np.linspace(-2.0, 2.0, 9)  # steps along an attribute vector
@@ -120,9 +120,9 @@ def interpolation_check(vae: MelodyVAE, tokens: np.ndarray, pairs: int = 32, ste
     for row in decoded.reshape(pairs * steps, -1):
         try:
             vae.melody_from_tokens(row)
-            valid += 1
-        except ValueError:
-            pass
+        except MelodyError:  # tokens outside the vocabulary
+            continue
+        valid += 1
     distance = (decoded != decoded[:, :1, :]).mean(axis=2).mean(axis=0)  # (steps,)
     return {
         "pairs": pairs,
@@ -140,7 +140,3 @@ def prior_samples(vae: MelodyVAE, n: int = 1000, temperature: float = 1.0, seed:
         z = vae.sample_z(min(batch, n - start), seed + start)
         rows.append(vae.decode_tokens(z, temperature, seed + start).cpu().numpy())
     return np.concatenate(rows)
-
-
-def nan_to_none(value: float) -> float | None:
-    return None if math.isnan(value) else value

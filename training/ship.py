@@ -19,7 +19,7 @@ import numpy as np
 
 from melodyvae.checkpoint import load_checkpoint, save_checkpoint
 from melodyvae.inference import MODELS_DIR, MelodyVAE
-from melodyvae.training.axes import axes_document
+from melodyvae.training.axes import compute_axes
 from melodyvae.training.corpus import Corpus
 from melodyvae.training.evaluate import evaluate_tokens
 
@@ -30,14 +30,8 @@ def ship(checkpoint: Path, corpus: Corpus, name: str, out_dir: Path,
          axes_phrases: int = 20000) -> Path:
     ckpt = load_checkpoint(checkpoint)
     vae = MelodyVAE(ckpt.model, ckpt.info, name, ckpt.model.encoder.to_mu.weight.device)
-    train = corpus.subset("train")
-    rng = np.random.default_rng(0)
-    if len(train) > axes_phrases:
-        train = train[np.sort(rng.choice(len(train), axes_phrases, replace=False))]
-    mu = np.concatenate([vae.encode_tokens(train[i : i + 512])[0].float().cpu().numpy()
-                         for i in range(0, len(train), 512)])
-    _LOGGER.info("axes from %d phrases", len(train))
-    axes = axes_document(mu, train)
+    axes, used = compute_axes(vae, corpus.subset("train"), axes_phrases)
+    _LOGGER.info("axes from %d phrases", used)
     metrics = evaluate_tokens(ckpt.model, corpus.subset("test"))
     _LOGGER.info("test metrics %s", metrics)
     heldout = np.sort(vae.negative_elbo_bits(corpus.subset("valid")))

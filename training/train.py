@@ -1,9 +1,13 @@
 """Training: plain PyTorch, top to bottom.
 
 One process, or many under ``torchrun`` (DistributedDataParallel; NCCL on CUDA, gloo on
-CPU). Every ``checkpoint_every`` steps rank 0 writes, atomically, ``RUNDIR/model.safetensors``
-(the model, loadable anywhere), ``RUNDIR/train_state.safetensors`` (optimizer and step, for
-``--resume``), appends to ``RUNDIR/metrics.jsonl`` and redraws ``RUNDIR/curves.png``.
+CPU). Every ``checkpoint_every`` steps rank 0 writes, each atomically,
+``RUNDIR/train_state.safetensors`` (weights, optimizer and step together: what ``--resume``
+reads, so the two can never disagree), then ``RUNDIR/model.safetensors`` (the model, loadable
+anywhere), appends to ``RUNDIR/metrics.jsonl`` and redraws ``RUNDIR/curves.png``.
+
+A resumed run is the run that was never stopped: each step's batch, transposition and
+latent noise are drawn from generators keyed by (seed, step, rank), not from a global stream.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from tqdm import tqdm
 
 from melodyvae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from melodyvae.errors import MelodyVAEError
+from melodyvae.inference import pick_device
 from melodyvae.melody import VOCAB_SIZE
 from melodyvae.model import VAE, vae_loss
 from melodyvae.presets import Preset, TrainConfig
@@ -88,16 +93,18 @@ class RunOptions:
     log_every: int = 20
     eval_phrases: int = 512
     progress: bool = True
+    bf16: bool | None = None  # bf16 autocast; None: on CUDA, and on CPUs with native bf16
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
+def use_bf16(device: torch.device) -> bool:
+    """Whether bf16 autocast pays on ``device``: CUDA, or a CPU with native bf16 arithmetic
+    (AVX-512 BF16 or AMX), where an LSTM VAE step runs ~1.6x faster than in fp32."""
+    if device.type == "cuda":
+        return True
+    if device.type == "cpu":
+        return bool(torch.backends.mkldnn.is_available()
+                    and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
 
 
 def warm_start(model: nn.Module, source: nn.Module) -> tuple[int, int]:
@@ -124,11 +131,19 @@ def _distributed() -> tuple[int, int, int]:
     return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def save_train_state(path: Path, optimizer: torch.optim.Optimizer, step: int,
+def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
+    """The torch generator of one training step (the latent noise), keyed like the batch."""
+    key = int(np.random.SeedSequence([seed, step, rank, 1]).generate_state(1, np.uint64)[0])
+    return torch.Generator(device=device).manual_seed(key)
+
+
+def save_train_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, step: int,
                      extra: dict[str, Any]) -> None:
-    """Optimizer tensors in safetensors, the rest as JSON in the header; atomic."""
+    """Weights (``model.*``) and optimizer tensors (``state.*``) in one safetensors file, the
+    rest as JSON in the header; atomic, so weights and optimizer are always of one step."""
     state = optimizer.state_dict()
-    tensors = {}
+    tensors = {f"model.{name}": tensor.detach().cpu().contiguous()
+               for name, tensor in model.state_dict().items()}
     for index, slots in state["state"].items():
         for key, value in slots.items():
             tensor = value if torch.is_tensor(value) else torch.tensor(value)
@@ -139,21 +154,65 @@ def save_train_state(path: Path, optimizer: torch.optim.Optimizer, step: int,
     os.replace(tmp, path)
 
 
-def load_train_state(path: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def load_train_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     model_step: int) -> dict[str, Any]:
+    """Restore ``optimizer`` and, from the same file, ``model``'s weights; returns the JSON
+    document (``step``, ``elapsed_s``). A state file without weights (written before they were
+    kept together) is only used when its step is ``model_step``, the step of the model file
+    already loaded into ``model``."""
     try:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
             doc = json.loads((f.metadata() or {})["melodyvae_train_state"])
         tensors = load_file(str(path))
-    except (SafetensorError, OSError, KeyError, ValueError) as e:
+        step = int(doc["step"])
+    except (SafetensorError, OSError, KeyError, TypeError, ValueError) as e:
         raise TrainingError(f"{path}: unreadable training state ({e})") from e
+    weights = {name[len("model."):]: tensor for name, tensor in tensors.items()
+               if name.startswith("model.")}
+    if weights:
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as e:
+            raise TrainingError(f"{path}: weights of another model config") from e
+    elif step != model_step:
+        raise TrainingError(
+            f"{path} is at step {step} but {MODEL_FILE} at step {model_step} (stopped between "
+            f"the two writes); resume from a copy of an earlier pair, or start again")
     state: dict[int, dict[str, torch.Tensor]] = {}
     for name, tensor in tensors.items():
-        _, index, key = name.split(".", 2)
-        state.setdefault(int(index), {})[key] = tensor
+        if name.startswith("state."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = tensor
     optimizer.load_state_dict({"state": state, "param_groups": doc["param_groups"]})
     return doc
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows of a metrics log; a line cut short by a kill (not JSON) is skipped."""
+    rows = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def trim_metrics(path: Path, step: int) -> int:
+    """Before resuming at ``step``: keep the rows up to ``step`` (those after it will be
+    logged again) and drop any torn line; atomic. Returns the number of lines dropped."""
+    if not path.exists():
+        return 0
+    lines = path.read_text(errors="replace").splitlines()
+    rows = [r for r in read_metrics(path) if isinstance(r.get("step"), int) and r["step"] <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
+    return len(lines) - len(rows)
 
 
 def plot_curves(metrics_path: Path, png_path: Path) -> None:
@@ -163,7 +222,7 @@ def plot_curves(metrics_path: Path, png_path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    rows = read_metrics(metrics_path)
     train = [r for r in rows if r.get("kind") == "train"]
     valid = [r for r in rows if r.get("kind") == "valid"]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -257,9 +316,15 @@ def train(preset: Preset, options: RunOptions) -> Path:
     model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     if options.resume:
-        doc = load_train_state(state_path, optimizer)
+        doc = load_train_state(state_path, model, optimizer,
+                               int((ckpt.info.get("training") or {}).get("step", -1)))
         step = int(doc["step"])
         elapsed_before = float(doc.get("elapsed_s", 0.0))
+    if rank == 0:  # rows from after the step this run starts at will be logged again
+        dropped = trim_metrics(metrics_path, step)
+        if dropped:
+            _LOGGER.warning("%s: %d rows after step %d (or cut short) dropped",
+                            metrics_path, dropped, step)
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(
@@ -267,7 +332,7 @@ def train(preset: Preset, options: RunOptions) -> Path:
     if cfg.batch_size % world:
         raise TrainingError(f"batch size {cfg.batch_size} does not split over {world} processes")
     local_batch = cfg.batch_size // world
-    use_amp = device.type == "cuda"
+    use_amp = use_bf16(device) if options.bf16 is None else options.bf16
 
     stop = {"now": False}
 
@@ -289,9 +354,9 @@ def train(preset: Preset, options: RunOptions) -> Path:
                 "valid": valid_metrics,
             },
         }
-        save_checkpoint(model_path, model, preset, extra)
-        save_train_state(state_path, optimizer, step,
+        save_train_state(state_path, model, optimizer, step,
                          {"elapsed_s": extra["training"]["elapsed_s"]})
+        save_checkpoint(model_path, model, preset, extra)
         plot_curves(metrics_path, out / CURVES_FILE)
 
     started = time.monotonic()
@@ -309,7 +374,8 @@ def train(preset: Preset, options: RunOptions) -> Path:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits, mu, logvar = net(x)
+                logits, mu, logvar = net(
+                    x, generator=step_generator(options.seed, step, rank, device))
             losses = vae_loss(logits, x, mu, logvar, beta, cfg.free_bits)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()

@@ -105,6 +105,21 @@
    },
    {
     "box": {
+     "id": "obj-61",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      152,
+      90,
+      330,
+      33
+     ],
+     "text": "sent on load; click it if you start the server after opening this patch (no replies otherwise)"
+    }
+   },
+   {
+    "box": {
      "id": "obj-5",
      "maxclass": "comment",
      "numinlets": 1,
@@ -133,7 +148,11 @@
      "outlettype": [
       "int",
       "int"
-     ]
+     ],
+     "leftvalue": 0,
+     "rightvalue": 127,
+     "topvalue": 0,
+     "bottomvalue": 127
     }
    },
    {
