@@ -5,7 +5,9 @@ knobs become ``/mvae/axis`` messages and its keys ``/mvae/listen`` / ``/mvae/in/
 ``/mvae/in/noteoff``, handled by the same handlers as over OSC (bundle times are the times
 the MIDI system stamped), so latest-wins decoding, bar-line takeovers and live answers work
 exactly as they do for an OSC client. It is attached to the core (as a browser tab is), so
-its replies never reach the network: they come back to :meth:`MidiBridge.reply`.
+its replies never reach the network: they come back to :meth:`MidiBridge.reply`. Its
+stream's lease is renewed while the ports are open: a loop started by a knob plays on
+until the host stops it or the server stops.
 
 Every client's playback goes out on the MIDI output (the player's note tap). Without
 ``--midi-clock`` the MIDI client's loop starts with the first knob turned, at
@@ -62,6 +64,8 @@ START_MARGIN = 0.03  # seconds: a loop starts on a bar line at least lookahead +
 AHEAD_TICKS = 4  # notes are sent at most this many ticks past the last tick received
 STALL_TICKS = 24  # a running clock silent for this many ticks (and ...
 STALL_SECONDS = 0.5  # ... at least this long) has stopped
+LEASE_RENEWAL = 0.25  # seconds between renewals of the MIDI client's stream lease (--lease
+# is at least 1 s)
 SWITCH_INTERVAL = 0.001  # seconds a Python thread may hold the interpreter while the MIDI
 # output waits for it (Python's default is 0.005: up to 5 ms late)
 TEMPO_STEP = 0.05  # qpm: the host's tempo is passed on when it moved more than this
@@ -156,6 +160,7 @@ class MidiBridge:
         self._held: set[int] = set()  # keys held on the input
         self._listening = False
         self._stalled = False
+        self._renewed = -math.inf  # when the MIDI client's lease was last renewed
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._switch = sys.getswitchinterval()
@@ -228,6 +233,10 @@ class MidiBridge:
                 _LOGGER.exception("handling MIDI %s failed", bytes(data[:8]).hex(" "))
         self._read_replies()
         self._check_stall()
+        now = self.clock()
+        if now - self._renewed >= LEASE_RENEWAL:
+            self._renewed = now
+            self.core.player.touch(MIDI_KEY)
         return len(messages)
 
     def handle(self, data: Sequence[int], at: float) -> None:

@@ -30,6 +30,7 @@ from melodyvae.cli import main
 from melodyvae.inference import MelodyVAE
 from melodyvae.melody import Melody, Note
 from melodyvae.server.app import OscServer
+from melodyvae.server.core import ServerConfig
 from melodyvae.server.midi_bridge import MIDI_KEY, MidiSettings, open_ports
 from melodyvae.server.midi_clock import TickClock, Transport
 from melodyvae.server.midi_jack import Host, JackServer, Received, clock_times
@@ -442,6 +443,27 @@ def test_knobs_move_the_axes_and_start_the_loop(jack: JackServer, vae_axes: Melo
     finally:
         server.close()
         host.close()
+
+
+def test_a_knob_loop_plays_on_past_the_stream_lease(jack: JackServer,
+                                                   vae_axes: MelodyVAE) -> None:
+    name = f"mvae-test-{next(_NAMES)}"
+    settings = MidiSettings(name=name, api="jack")
+    server = OscServer(vae_axes, port=0, config=ServerConfig(lease=1.0),
+                       midi=(open_ports(settings), settings)).start()
+    host = host_for(name)
+    try:
+        host.send([0xB0, 1, 100])
+        wait_for(lambda: bool(notes(host.received())))
+        time.sleep(3.0)  # three leases without a message on the input
+        assert server.core.player.is_playing(MIDI_KEY)
+        assert server.core.guard.stats.expired == 0
+        heard = len(notes(host.received()))
+        wait_for(lambda: len(notes(host.received())) > heard)  # and it still plays
+    finally:
+        server.close()
+        host.close()
+    assert_paired(notes(host.received()))
 
 
 def test_a_cc_map_naming_an_axis_the_model_lacks_is_one_line(
