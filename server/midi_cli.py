@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from melodyvae.argtypes import real_number, whole_number
+from melodyvae.errors import MelodyVAEError
 from melodyvae.server.midi_map import CCMap, CCMapError, read_map
 
 if TYPE_CHECKING:
@@ -15,6 +16,22 @@ if TYPE_CHECKING:
 _CHANNEL = whole_number(1, 16, what="a MIDI channel")
 _QPM = real_number(20.0, 400.0, what="a tempo")
 API_NAMES = ("auto", "alsa", "jack", "core", "winmm")  # python-rtmidi's names for them
+
+
+class MidiSetupError(MelodyVAEError):
+    """MIDI cannot be set up as asked: mido or python-rtmidi does not import, or an option
+    needs a port that was not asked for."""
+
+
+def require_midi() -> None:
+    """Import the MIDI libraries now, so that a missing one is one line, not a traceback."""
+    try:
+        import mido  # noqa: F401
+        import rtmidi  # noqa: F401
+    except ImportError as e:
+        raise MidiSetupError(
+            f"MIDI needs mido and python-rtmidi, and on Linux ALSA's library (Debian: "
+            f"libasound2): {e}") from e
 
 
 def _cc_map(text: str) -> CCMap:
@@ -52,15 +69,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def settings(args: argparse.Namespace) -> MidiSettings | None:
     """MidiSettings from parsed arguments; None when no MIDI option was given."""
-    from melodyvae.server.midi_bridge import MidiSettings
-    from melodyvae.server.midi_port import MidiError
-
     wanted = args.midi is not None or args.midi_out is not None or args.midi_in is not None
     if not wanted:
         if args.midi_clock or args.cc_map is not None:
-            raise MidiError("--midi-clock and --cc-map need --midi, "
-                                             "--midi-in or --midi-out")
+            raise MidiSetupError("--midi-clock and --cc-map need --midi, --midi-in or "
+                                       "--midi-out")
         return None
+    require_midi()
+    from melodyvae.server.midi_bridge import MidiSettings
+
     return MidiSettings(args.midi or "melodyvae", args.midi_out, args.midi_in,
                         args.midi_channel, args.midi_clock, args.cc_map, args.midi_api,
                         args.midi_tempo)
@@ -80,6 +97,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_ports(args: argparse.Namespace) -> int:
+    require_midi()
     from melodyvae.server.midi_port import api_name, choose_api, has_virtual_ports, list_ports
 
     api = choose_api(args.midi_api)

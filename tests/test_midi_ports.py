@@ -176,6 +176,20 @@ def test_ports_are_found_by_number_name_windows_name_or_a_unique_part() -> None:
             find_port(names, spec, "output")
 
 
+def test_midi_options_without_a_port_or_without_rtmidi_are_one_line(
+        tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--model", str(tiny_checkpoint), "--midi-clock"]) == 2
+    assert capsys.readouterr().err == (
+        "melodyvae: error: --midi-clock and --cc-map need --midi, --midi-in or --midi-out\n")
+    monkeypatch.setitem(sys.modules, "rtmidi", None)  # as if its library failed to load
+    for argv in (["midi", "ports"], ["serve", "--model", str(tiny_checkpoint), "--midi"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("melodyvae: error: MIDI needs mido and python-rtmidi")
+        assert err.count("\n") == 1
+
+
 # ---------------------------------------------------------------- on JACK
 
 
