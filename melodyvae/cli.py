@@ -265,8 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
                "each takes --model NAME|FILE (a shipped name, see 'melodyvae models', or a "
                f"checkpoint file; default {DEFAULT_MODEL}) and --device auto|cpu|cuda|mps. "
                "evaluate and axes take the model as their first argument; train, evaluate "
-               "and axes take --device too. extract, corpus, models, render and transcribe "
-               "use no model. 'melodyvae COMMAND --help' says more.",
+               "and axes take --device too. extract, corpus, models, render, transcribe and "
+               "midi use no model. 'melodyvae COMMAND --help' says more.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
