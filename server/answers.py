@@ -77,7 +77,6 @@ class Pending:
     in_flight: int = 0  # requests handed over and not back yet
     ready: tuple[AnswerRequest, Result, float] | None = None  # newest composed: result, when
     final: AnswerRequest | None = None  # set at the deadline
-    drafts: int = 0  # requests handed over (drafts and the final one)
 
     def take(self, request: AnswerRequest, result: Result, at: float) -> None:
         """A composed answer came back at ``at``; keep it if it is the newest."""

@@ -148,7 +148,8 @@ class Listener(Worker):
 
     @property
     def estimate(self) -> float:
-        """Seconds an answer is expected to take from its deadline to being ready."""
+        """Seconds an answer is expected to take from being handed to the model thread to
+        being ready (what the deadline leaves it before the lookahead)."""
         if not self.samples:
             return DEFAULT_ESTIMATE
         return min(MAX_ESTIMATE, SAFETY * max(self.samples) + WAKE_MARGIN)
@@ -282,7 +283,6 @@ class Listener(Worker):
                 requests: list[AnswerRequest]) -> None:
         pending.submitted = request
         pending.in_flight += 1
-        pending.drafts += 1
         requests.append(request)
 
     def _draft(self, session: Session, line: int, requests: list[AnswerRequest]) -> None:
