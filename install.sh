@@ -2,8 +2,10 @@
 # Sets up melodyvae and everything its tests need, on Debian/Ubuntu or macOS:
 #
 #   1. system packages: the real clients the tests drive (liblo's oscsend/oscdump, Pure Data,
-#      SuperCollider's sclang, FluidSynth with a General MIDI soundfont) and Python's venv
-#      module; apt-get on Debian/Ubuntu (as root, or through sudo), Homebrew on macOS;
+#      SuperCollider's sclang, FluidSynth with a General MIDI soundfont, a headless JACK
+#      server for the MIDI port tests) and Python's venv module; apt-get on Debian/Ubuntu
+#      (as root, or through sudo), Homebrew on macOS (whose MIDI ports are CoreMIDI's, part
+#      of the system; PyPI's python-rtmidi for macOS has no JACK, so the MIDI port tests skip);
 #   2. a virtual environment, .venv beside this file (Debian and macOS refuse pip installs
 #      into the system Python), from the newest python3.1x >= 3.10 found;
 #   3. PyTorch: on Linux x86_64 the CPU-only build from PyTorch's own index (about 200 MB;
@@ -36,7 +38,7 @@ arch="$(uname -m)"
 # ---------------------------------------------------------------- 1. system packages
 if [ "$system" = 1 ]; then
     if [ "$os" = Linux ] && command -v apt-get >/dev/null; then
-        say "Debian packages: liblo-tools puredata-core supercollider-language fluidsynth python3-venv chromium chromium-driver"
+        say "Debian packages: liblo-tools puredata-core supercollider-language fluidsynth jackd2 python3-venv chromium chromium-driver"
         sudo=""
         if [ "$(id -u)" != 0 ]; then
             if ! command -v sudo >/dev/null; then
@@ -48,7 +50,8 @@ if [ "$system" = 1 ]; then
         export DEBIAN_FRONTEND=noninteractive
         $sudo apt-get update -q
         $sudo apt-get install -y -q --no-install-recommends liblo-tools puredata-core \
-            supercollider-language fluidsynth python3 python3-venv chromium chromium-driver
+            supercollider-language fluidsynth jackd2 python3 python3-venv chromium \
+            chromium-driver
     elif [ "$os" = Darwin ]; then
         if ! command -v brew >/dev/null; then
             echo "install.sh: install Homebrew first (https://brew.sh), or pass --no-system" >&2
@@ -59,7 +62,7 @@ if [ "$system" = 1 ]; then
         brew install --cask pd supercollider
     else
         echo "install.sh: no apt-get or Homebrew here; install liblo's tools, Pure Data," \
-             "SuperCollider and FluidSynth yourself, then rerun with --no-system" >&2
+             "SuperCollider, FluidSynth and jackd (JACK 2) yourself, then rerun with --no-system" >&2
         exit 1
     fi
 fi

@@ -17,6 +17,7 @@ on the weights) and the JSON says so.
 
     python bench/live.py                         # hier-4bar, 50 phrases, 240 qpm, 100 ms
     python bench/live.py --model my.safetensors --qpm 120 --phrases 20
+    python bench/live.py --hogs 2                # beside two processes spinning on the CPU
 
 The last line printed is one JSON object with every figure.
 """
@@ -156,6 +157,8 @@ def main() -> int:
     parser.add_argument("--lookahead", type=float, default=100.0, help="milliseconds")
     parser.add_argument("--threads", type=int, default=1, help="server CPU threads")
     parser.add_argument("--mode", default="echo", choices=("echo", "contrast", "blend"))
+    parser.add_argument("--hogs", type=int, default=0,
+                        help="run this many CPU hogs (python -c 'while 1: pass') beside it")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -165,11 +168,16 @@ def main() -> int:
         info = model_info(path)
         bars, spb = int(info["model"]["bars"]), int(info["model"]["steps_per_bar"])
         proc, port = start_server(path, args.threads, args.lookahead)
+        hogs = [subprocess.Popen([sys.executable, "-c", "while 1: pass"])
+                for _ in range(args.hogs)]
         try:
             print(f"{args.phrases} phrases of {bars} bars at {args.qpm:g} qpm "
                   f"(~{args.phrases * bars * 4 * 60 / args.qpm:.0f} s) ...", flush=True)
             figures = run(port, args.phrases, args.qpm, bars * spb, args.mode)
         finally:
+            for hog in hogs:
+                hog.kill()
+                hog.wait()
             proc.terminate()
             try:
                 proc.wait(10)
@@ -186,6 +194,7 @@ def main() -> int:
         "phrases": args.phrases,
         "lookahead_ms": args.lookahead,
         "server_threads": args.threads,
+        "cpu_hogs": args.hogs,
         **figures,
         "goal": "every answer's first bundle sent at least the lookahead before its bar line",
         "goal_met": bool(worst is not None and worst >= args.lookahead

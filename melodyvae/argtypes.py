@@ -51,3 +51,24 @@ def _check(value: float, low: float | None, high: float | None, text: str, unit:
 
 positive_int = whole_number(1)
 non_negative_int = whole_number(0)
+
+
+_BYTE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def byte_size(text: str) -> int:
+    """An argparse type: a positive number of bytes, plain or with k, M or G (powers of
+    1024; a trailing B or iB is allowed): 1048576, 512k, 4M, 1GiB."""
+    clean = text.strip().lower().removesuffix("b").removesuffix("i")
+    unit = clean[-1:] if clean[-1:] in ("k", "m", "g") else ""
+    number = clean[: len(clean) - len(unit)]
+    try:
+        value = float(number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size in bytes (e.g. 1048576, "
+                                         "512k, 4M)") from None
+    if not math.isfinite(value) or value * _BYTE_UNITS[unit] > 2**62:
+        raise argparse.ArgumentTypeError(f"{text}: not a size this machine could hold")
+    if value * _BYTE_UNITS[unit] < 1:
+        raise argparse.ArgumentTypeError(f"{text}: a size must be at least 1 byte")
+    return int(value * _BYTE_UNITS[unit])

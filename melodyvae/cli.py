@@ -13,8 +13,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from melodyvae.argtypes import non_negative_int, positive_int, real_number
+from melodyvae.argtypes import byte_size, non_negative_int, positive_int, real_number
+from melodyvae.commands import limit_hint, limit_options
 from melodyvae.errors import MelodyVAEError, UserError
+from melodyvae.limits import MAX_MIDI_BYTES
 from melodyvae.presets import DEFAULT_MODEL
 
 PROG = "melodyvae"
@@ -34,7 +36,7 @@ def _existing_file(text: str) -> Path:
 def cmd_extract(args: argparse.Namespace) -> int:
     from melodyvae.midi import read_midi, write_midi
 
-    melody, info = read_midi(args.input, args.track)
+    melody, info = read_midi(args.input, args.track, max_bytes=args.max_midi_bytes)
     write_midi(melody, args.output)
     print(f"{args.output}: {len(melody.notes)} notes, {melody.n_bars} bars of "
           f"{melody.time_signature[0]}/{melody.time_signature[1]} at {melody.qpm:.1f} qpm, "
@@ -51,6 +53,7 @@ def _extract_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--track", type=non_negative_int, default=None,
                    help="take this track (0 = the first instrument) instead of the busiest "
                         "non-drum one")
+    limit_options(p, audio=False)
     p.set_defaults(func=cmd_extract)
 
 
@@ -63,7 +66,7 @@ def cmd_corpus(args: argparse.Namespace) -> int:
         tunes = corpus_mod.folk_tunes(report, cache, args.workers)
         source = "music21 folk: " + ", ".join(corpus_mod.FOLK_COLLECTIONS)
     else:
-        tunes = corpus_mod.midi_tunes(args.midi, report, args.workers)
+        tunes = corpus_mod.midi_tunes(args.midi, report, args.workers, args.max_midi_bytes)
         source = f"MIDI folder {args.midi}"
     corpus = corpus_mod.build_corpus(tunes, args.bars, args.hop, source, report)
     corpus.save(args.out)
@@ -88,6 +91,9 @@ def _corpus_parser(sub: argparse._SubParsersAction) -> None:
                    help="parallel processes (all cores)")
     p.add_argument("--cache-dir", default=None,
                    help="where parsed folk tunes are cached (~/.cache/melodyvae)")
+    p.add_argument("--max-midi-bytes", type=byte_size, default=MAX_MIDI_BYTES, metavar="SIZE",
+                   help="skip MIDI files larger than this, in bytes, unread (counted in the "
+                        f"report; k, M and G are understood; default 1M = {MAX_MIDI_BYTES:,})")
     p.set_defaults(func=cmd_corpus)
 
 
@@ -376,8 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
                "each takes --model NAME|FILE (a shipped name, see 'melodyvae models', or a "
                f"checkpoint file; default {DEFAULT_MODEL}) and --device auto|cpu|cuda|mps. "
                "evaluate and axes take the model as their first argument; train, evaluate "
-               "and axes take --device too. extract, corpus, models, render and transcribe "
-               "use no model. 'melodyvae COMMAND --help' says more.",
+               "and axes take --device too. extract, corpus, models, render, transcribe and "
+               "midi use no model. 'melodyvae COMMAND --help' says more.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -417,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as e:
         if isinstance(e, MelodyVAEError):
-            print(f"{PROG}: error: {e}", file=sys.stderr)
+            print(f"{PROG}: error: {e}{limit_hint(e, args)}", file=sys.stderr)
             return EXIT_USER_ERROR
         raise
 

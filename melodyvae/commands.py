@@ -9,7 +9,9 @@ argument), which the main command prints as one line.
 Conventions shared by the commands:
 
 * inputs are MIDI files or audio files (WAV, FLAC, Ogg, AIFF), read by
-  :func:`melodyvae.inference.read_melody` (audio is transcribed first);
+  :func:`melodyvae.inference.read_melody` (audio is transcribed first); a MIDI file larger
+  than ``--max-midi-bytes`` or a recording longer than ``--max-audio-seconds`` is refused
+  from its size or header before it is read, and before the model loads;
 * an input longer than the model's phrase is cut to its first phrase (the model's number
   of bars), a shorter one is padded with rests; ``score`` instead scores every phrase;
 * batches decode on the model's device in chunks of ``--batch-size`` phrases
@@ -41,8 +43,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from melodyvae.argtypes import positive_int, real_number, whole_number
-from melodyvae.errors import UserError
+from melodyvae.argtypes import byte_size, positive_int, real_number, whole_number
+from melodyvae.errors import MelodyVAEError, UserError
+from melodyvae.limits import MAX_AUDIO_SECONDS, MAX_MIDI_BYTES
 from melodyvae.pianoroll import roll_title
 from melodyvae.presets import CPU_BATCH, DEFAULT_MODEL, GPU_BATCH
 
@@ -63,6 +66,7 @@ _SEED = whole_number(0, 2**63 - 1)
 _STEPS = whole_number(2)  # an interpolation's two ends
 _NON_NEGATIVE = real_number(0.0)
 _TEMPO = real_number(10.0, 400.0, unit="qpm")
+_AUDIO_SECONDS = real_number(0.001, what="a number of seconds")
 
 
 # ------------------------------------------------------------------ shared helpers
@@ -75,6 +79,41 @@ def _check_files(*paths: Path) -> None:
             raise UserError(f"{path}: no such file")
         if not path.is_file():
             raise UserError(f"{path}: not a file")
+
+
+def _check_inputs(args: argparse.Namespace, *paths: Path) -> None:
+    """Every input exists and is inside the limits, from its size (MIDI) or header (audio),
+    before the model is loaded; nothing is read yet."""
+    from melodyvae import limits
+    from melodyvae.audiofile import looks_like_audio
+
+    _check_files(*paths)
+    for path in paths:
+        if looks_like_audio(path):
+            limits.read_audio_header(path, max_seconds=args.max_audio_seconds)
+        else:
+            limits.open_checked(path, max_bytes=args.max_midi_bytes, what="MIDI file").close()
+
+
+def _read_melody(args: argparse.Namespace, path: Path) -> tuple[Melody, str]:
+    """:func:`melodyvae.inference.read_melody` at ``--qpm`` within the input limits."""
+    from melodyvae.inference import read_melody
+
+    return read_melody(path, args.qpm, max_audio_seconds=args.max_audio_seconds,
+                       max_midi_bytes=args.max_midi_bytes)
+
+
+def limit_hint(error: MelodyVAEError, args: argparse.Namespace) -> str:
+    """Words naming the option that raises the limit a refused input ran into ('' when the
+    error is not about a limit, or the command has no such option)."""
+    from melodyvae.limits import AudioTooLongError, TooLargeError
+
+    if isinstance(error, AudioTooLongError):
+        return ("; --max-audio-seconds raises the limit"
+                if hasattr(args, "max_audio_seconds") else "")
+    if isinstance(error, TooLargeError) or isinstance(error.__cause__, TooLargeError):
+        return "; --max-midi-bytes raises the limit" if hasattr(args, "max_midi_bytes") else ""
+    return ""
 
 
 def _check_dir(path: Path) -> Path:
@@ -293,6 +332,27 @@ def _synth_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None
                         "then TimGM6mb or another General MIDI font found on the system)")
 
 
+def limit_options(p: argparse.ArgumentParser, midi: bool = True, audio: bool = True,
+                  audio_help: str | None = None) -> None:
+    """``--max-midi-bytes`` and ``--max-audio-seconds``: how large an input file may be."""
+    group = p.add_argument_group(
+        "input limits", "checked from a file's size or header before it is read; a file "
+                        "over a limit is refused")
+    if midi:
+        group.add_argument("--max-midi-bytes", type=byte_size, default=MAX_MIDI_BYTES,
+                           metavar="SIZE",
+                           help="largest MIDI file read, in bytes; k, M and G are understood "
+                                f"(default 1M = {MAX_MIDI_BYTES:,}; a long orchestral file "
+                                "is a few hundred KB)")
+    if audio:
+        group.add_argument("--max-audio-seconds", type=_AUDIO_SECONDS,
+                           default=MAX_AUDIO_SECONDS, metavar="SECONDS",
+                           help=audio_help or (
+                               f"longest recording read (default {MAX_AUDIO_SECONDS:g}: ten "
+                               "minutes); transcribing takes about 0.1 MB of memory per "
+                               "second of sound beyond a fixed ~0.4 GB"))
+
+
 def _input_tempo_option(p: argparse.ArgumentParser, also_output: bool) -> None:
     words = (" and of the files written (default: the input's own tempo)"
              if also_output else "")
@@ -337,15 +397,13 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
-    from melodyvae.inference import read_melody
-
-    _check_files(args.start, args.end)
+    _check_inputs(args, args.start, args.end)
     out, earlier = _batch_folder(args)
     _check_synth(args)
     seed = _resolve_seed(args.seed)
     vae = load_model(args)
-    a, _ = read_melody(args.start, args.qpm)
-    b, _ = read_melody(args.end, args.qpm)
+    a, _ = _read_melody(args, args.start)
+    b, _ = _read_melody(args, args.end)
     z = vae.interpolation(a, b, args.steps, "lerp" if args.lerp else "slerp")
     qpm = args.qpm or a.qpm
     removed = _remove_earlier(earlier)
@@ -380,6 +438,7 @@ def _interpolate_parser(sub: argparse._SubParsersAction) -> None:
     _sampling_options(p, 0.0)
     _batch_options(p, "interp_")
     _preview_options(p)
+    limit_options(p)
     _model_options(p)
     p.set_defaults(func=cmd_interpolate)
 
@@ -387,14 +446,14 @@ def _interpolate_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_vary(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from melodyvae.inference import read_melody, vary
+    from melodyvae.inference import vary
 
-    _check_files(args.input)
+    _check_inputs(args, args.input)
     out, earlier = _batch_folder(args)
     _check_synth(args)
     seed = _resolve_seed(args.seed)
     vae = load_model(args)
-    melody, source = read_melody(args.input, args.qpm)
+    melody, source = _read_melody(args, args.input)
     z = vary(vae.encode(melody), args.amount, seed, args.n).astype(np.float32)
     removed = _remove_earlier(earlier)
     writer = _write_batch(vae, z, args, seed, out, args.prefix, args.qpm or melody.qpm,
@@ -422,18 +481,17 @@ def _vary_parser(sub: argparse._SubParsersAction) -> None:
     _sampling_options(p, 0.0)
     _batch_options(p, "var_")
     _preview_options(p)
+    limit_options(p)
     _model_options(p)
     p.set_defaults(func=cmd_vary)
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from melodyvae.inference import read_melody
-
-    _check_files(args.input)
+    _check_inputs(args, args.input)
     if args.out is not None:
         _check_out_file(args.out)
     vae = load_model(args)
-    melody, source = read_melody(args.input, args.qpm)
+    melody, source = _read_melody(args, args.input)
     z = vae.encode(melody)
     doc = {"model": vae.name, "input": str(args.input), "bars": vae.bars,
            "input_bars": melody.n_bars, "z": [float(v) for v in z]}
@@ -471,6 +529,7 @@ def _encode_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None, metavar="FILE.json",
                    help="write the JSON object to this file instead of printing it")
     _input_tempo_option(p, also_output=False)
+    limit_options(p)
     _model_options(p)
     p.set_defaults(func=cmd_encode)
 
@@ -555,16 +614,15 @@ def _decode_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_score(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from melodyvae.inference import read_melody
     from melodyvae.melody import to_tokens
 
-    _check_files(*args.inputs)
+    _check_inputs(args, *args.inputs)
     vae = load_model(args)
     heldout = sorted((vae.info.get("novelty") or {}).get("heldout_bits") or [])
     rows: list[dict[str, Any]] = []
     tokens = []
     for path in args.inputs:
-        melody, _ = read_melody(path, args.qpm)
+        melody, _ = _read_melody(args, path)
         found = 0
         for start in range(0, max(melody.total_steps, 1), vae.steps):
             phrase = melody.window(start, vae.steps)
@@ -617,6 +675,7 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=SCORE_BATCH,
                    help=f"phrases scored at once (default {SCORE_BATCH})")
     _input_tempo_option(p, also_output=False)
+    limit_options(p)
     _model_options(p)
     p.set_defaults(func=cmd_score)
 
@@ -629,7 +688,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     choose_synth(args.synth, args.soundfont)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     result = render_midi(args.input, args.output, args.synth, args.soundfont,
-                         args.sample_rate)
+                         args.sample_rate, max_bytes=args.max_midi_bytes,
+                         max_seconds=args.max_audio_seconds)
     print(f"{args.output}: {result.seconds:.1f} s at {result.sample_rate} Hz, rendered with "
           f"{result.describe()}")
     return 0
@@ -647,6 +707,9 @@ def _render_parser(sub: argparse._SubParsersAction) -> None:
     _synth_options(p)
     p.add_argument("--sample-rate", type=positive_int, default=44_100, metavar="HZ",
                    help="sample rate of the WAV (default 44100)")
+    limit_options(p, audio_help="longest audio rendered: a MIDI file that plays longer is "
+                                "refused before anything is synthesized (default "
+                                f"{MAX_AUDIO_SECONDS:g}: ten minutes)")
     p.set_defaults(func=cmd_render)
 
 
@@ -656,7 +719,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
     _check_files(args.input)
     _check_out_file(args.output)
-    result = transcribe_file(args.input, args.qpm)
+    result = transcribe_file(args.input, args.qpm, max_seconds=args.max_audio_seconds)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     write_midi(result.melody, args.output)
     if args.png:
@@ -685,6 +748,7 @@ def _transcribe_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--qpm", type=_TEMPO, default=None,
                    help="tempo in quarter notes per minute (estimated when not given)")
     p.add_argument("--png", action="store_true", help="also draw a piano roll (OUT.png)")
+    limit_options(p, midi=False)
     p.set_defaults(func=cmd_transcribe)
 
 

@@ -148,12 +148,10 @@ def read_melody(path: str | os.PathLike[str], qpm: float | None = None, *,
     audio = (Path(path).suffix.lower() in AUDIO_SUFFIXES if root is not None
              else looks_like_audio(path))
     if audio:
-        from melodyvae.transcribe import ANALYSIS_SAMPLE_RATE, transcribe_array
+        from melodyvae.transcribe import transcribe_file
 
-        sound = limits.read_audio_mono(
-            path, target_rate=ANALYSIS_SAMPLE_RATE, root=root, follow_links=follow,
-            max_seconds=max_audio_seconds or limits.MAX_AUDIO_SECONDS)
-        result = transcribe_array(sound.samples, sound.sample_rate, qpm, name=str(path))
+        result = transcribe_file(path, qpm, root=root, follow_links=follow,
+                                 max_seconds=max_audio_seconds or limits.MAX_AUDIO_SECONDS)
         how = "estimated" if result.tempo_estimated else "given"
         return result.melody, (f"transcribed {len(result.melody.notes)} notes at "
                                f"{result.qpm:.1f} qpm ({how})")

@@ -47,6 +47,10 @@ class TooLargeError(FileRefusedError):
     """A file over its size or length limit."""
 
 
+class AudioTooLongError(TooLargeError):
+    """Audio longer than its limit in seconds (from its header, or as it is read)."""
+
+
 # ------------------------------------------------------------------ opening
 
 
@@ -165,8 +169,27 @@ def check_audio_header(header: AudioHeader, name: str, max_seconds: float) -> No
     if not 1 <= header.channels <= MAX_CHANNELS:
         raise FileRefusedError(f"{name}: {header.channels} channels, outside [1, {MAX_CHANNELS}]")
     if header.seconds > max_seconds:
-        raise TooLargeError(f"{name}: {header.seconds:.1f} s of audio, the limit is "
+        raise AudioTooLongError(f"{name}: {header.seconds:.1f} s of audio, the limit is "
                             f"{max_seconds:g} s")
+
+
+def read_audio_header(path: str | os.PathLike[str], *, max_seconds: float = MAX_AUDIO_SECONDS,
+                      root: str | os.PathLike[str] | None = None,
+                      follow_links: bool = True) -> AudioHeader:
+    """Open an audio file, check its header (:func:`check_audio_header`) and return it; no
+    samples are read. The early check a command makes before it loads anything."""
+    import soundfile as sf
+
+    name = os.fspath(path)
+    with open_checked(path, root=root, follow_links=follow_links, what="audio file") as f:
+        try:
+            with sf.SoundFile(f) as snd:
+                header = AudioHeader(int(snd.frames), int(snd.samplerate), int(snd.channels),
+                                     str(snd.format))
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+            raise FileRefusedError(f"{name}: not a readable audio file ({e})") from e
+    check_audio_header(header, name, max_seconds)
+    return header
 
 
 def read_audio_mono(path: str | os.PathLike[str], *, target_rate: int | None = None,
@@ -209,7 +232,7 @@ def read_audio_mono(path: str | os.PathLike[str], *, target_rate: int | None = N
                 for block in blocks:
                     read += len(block)
                     if read > limit:
-                        raise TooLargeError(f"{name}: more than {max_seconds:g} s of audio "
+                        raise AudioTooLongError(f"{name}: more than {max_seconds:g} s of audio "
                                             f"(its header said {header.seconds:.1f} s)")
                     mono = block.mean(axis=1, dtype=np.float32)  # (frames,)
                     if not np.all(np.isfinite(mono)):

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from melodyvae.audiofile import AudioError, normalise, read_audio, write_audio
+from melodyvae.limits import MAX_AUDIO_SECONDS, MAX_MIDI_BYTES, AudioTooLongError
 from melodyvae.melody import Melody
 
 _LOGGER = logging.getLogger(__name__)
@@ -127,11 +128,12 @@ def _run_fluidsynth(midi_path: Path, sf2: Path, sample_rate: int) -> np.ndarray:
     return audio
 
 
-def _midi_notes(midi_path: Path) -> tuple[list[tuple[float, float, int, int]], float]:
+def _midi_notes(midi_path: Path, max_bytes: int = MAX_MIDI_BYTES
+                ) -> tuple[list[tuple[float, float, int, int]], float]:
     """Pitched notes (start s, end s, pitch, velocity) of a MIDI file, and its end time."""
     from melodyvae.midi import load_pretty_midi
 
-    pm = load_pretty_midi(midi_path)
+    pm = load_pretty_midi(midi_path, max_bytes=max_bytes)
     notes = [(float(n.start), float(n.end), int(n.pitch), int(n.velocity))
              for inst in pm.instruments if not inst.is_drum for n in inst.notes]
     return notes, float(pm.get_end_time())
@@ -174,14 +176,22 @@ def synthesize(notes: Sequence[tuple[float, float, int, int]],
 
 def render_midi(midi_path: str | os.PathLike[str], out_path: str | os.PathLike[str],
                 synth: str = "auto", soundfont: str | os.PathLike[str] | None = None,
-                sample_rate: int = RENDER_SAMPLE_RATE) -> RenderResult:
-    """Render a MIDI file to an audio file (see :func:`choose_synth` for ``synth``)."""
+                sample_rate: int = RENDER_SAMPLE_RATE, *, max_bytes: int = MAX_MIDI_BYTES,
+                max_seconds: float = MAX_AUDIO_SECONDS) -> RenderResult:
+    """Render a MIDI file to an audio file (see :func:`choose_synth` for ``synth``).
+
+    A file over ``max_bytes`` is refused before it is read, and one that plays for longer
+    than ``max_seconds`` before anything is synthesized (a few bytes of MIDI can ask for
+    hours of sound)."""
     midi_path, out_path = Path(midi_path), Path(out_path)
-    notes, _ = _midi_notes(midi_path)  # checks the file is MIDI before anything runs
+    notes, end = _midi_notes(midi_path, max_bytes)  # checks the file is MIDI first
     if not notes:
         from melodyvae.midi import EmptyMidiError
 
         raise EmptyMidiError(f"{midi_path}: no pitched notes to render")
+    if end > max_seconds:
+        raise AudioTooLongError(f"{midi_path}: plays for {end:.1f} s, the limit is "
+                                f"{max_seconds:g} s")
     engine, sf2 = choose_synth(synth, soundfont)
     if engine == "fluidsynth" and sf2 is not None:
         audio = _run_fluidsynth(midi_path, sf2, sample_rate)

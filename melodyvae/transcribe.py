@@ -3,12 +3,18 @@
 Four stages, each a function of its own:
 
 1. :func:`prepare` — the samples as mono float (channels averaged), resampled to 22,050 Hz
-   with ``librosa.resample`` (soxr) and peak-normalised.
+   with soxr and peak-normalised. A file is read in blocks straight to that
+   (:func:`melodyvae.limits.read_audio_mono`, refused from its header when longer than the
+   limit), so it is never held whole at its own rate and channels.
 2. :func:`analyse` — one frame every 256 samples (11.6 ms): librosa's pYIN (46 ms window,
    C2-C7, quarter-semitone bins) gives a pitch and a voiced/unvoiced decision, frames more
    than 40 dB below the loudest count as silence, and an onset strength with SuperFlux's
    maximum filter across frequency (Böck & Widmer 2013), so a pitch that wobbles does not
-   look like an attack.
+   look like an attack. The frame features are computed over blocks of
+   :data:`BLOCK_FRAMES` frames (24 s) with :data:`MARGIN_FRAMES` of context on each side
+   (:func:`melodyvae.limits.framewise_in_blocks`): pYIN's work memory (about 3 MB per
+   second of sound) is that of one block, so a long recording costs little more than its
+   samples. A recording shorter than one block is analysed whole.
 3. :func:`segment` — notes from voicing, pitch and onsets:
 
    * a voiced stretch is cut where its pitch *moves and stays*: the next 46 ms all lie more
@@ -25,8 +31,9 @@ Four stages, each a function of its own:
      ring on), and a note splits in two (a repeated note) at an onset where the level also
      rises 1.4-fold from a dip and the onset is at least half as strong as a typical attack:
      both are needed, so neither a level swell nor a pitch wobble splits a note alone.
-4. :func:`quantize` — the tempo is librosa's estimate from the onset strength (folded into
-   60-180 qpm and rounded to a whole number) unless given; note onsets and ends are
+4. :func:`quantize` — the tempo is librosa's estimate from the onset strength (its
+   tempogram averaged block by block, folded into 60-180 qpm and rounded to a whole
+   number) unless given; note onsets and ends are
    rounded to the 16th-note grid counting from the first note (leading silence is dropped
    and the first note lands on the first downbeat).
 """
@@ -41,7 +48,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from melodyvae.audiofile import AudioError, SilentAudioError, normalise, read_audio
+from melodyvae import limits
+from melodyvae.audiofile import AudioError, SilentAudioError, normalise
 from melodyvae.melody import STEPS_PER_QUARTER, Melody, Note, monophonic
 
 _LOGGER = logging.getLogger(__name__)
@@ -74,6 +82,10 @@ REARTICULATION_WINDOW_S = 0.1  # ... within this long, ...
 REARTICULATION_STRENGTH = 2.0  # ... rising with an onset this many times stronger than the
 #                                note's median onset strength: a repeated note
 TEMPO_RANGE = (60.0, 180.0)  # qpm; estimates are folded by octaves into [low, high)
+TEMPO_WINDOW_S = 8.0  # seconds of onset strength each tempogram frame looks at (librosa's)
+BLOCK_FRAMES = 2048  # frames analysed at once (23.8 s): the work memory of one block
+MARGIN_FRAMES = 128  # frames of context on each side of a block (1.5 s; pYIN's pitch track
+#                      settles well within it, so a block's frames match a whole analysis)
 
 
 class NoNotesError(AudioError):
@@ -133,37 +145,68 @@ def prepare(audio: np.ndarray, sample_rate: int, name: str = "<audio>") -> np.nd
         raise SilentAudioError(f"{name}: silent, nothing to transcribe")
     if sample_rate != ANALYSIS_SAMPLE_RATE:
         mono = librosa.resample(mono, orig_sr=sample_rate, target_sr=ANALYSIS_SAMPLE_RATE)
-    y = normalise(mono, 0.0)
-    if y.size < FRAME:
-        y = np.pad(y, (0, FRAME - y.size))
-    return y
+    return _padded(normalise(mono, 0.0))
+
+
+def _padded(y: np.ndarray) -> np.ndarray:
+    return np.pad(y, (0, FRAME - y.size)) if y.size < FRAME else y
+
+
+def prepare_mono(sound: limits.MonoAudio, name: str = "<audio>") -> np.ndarray:
+    """Mono audio already at ``ANALYSIS_SAMPLE_RATE`` (as :func:`melodyvae.limits.read_audio_mono`
+    reads it) peak-normalised in place: no copy of the recording is made."""
+    if sound.sample_rate != ANALYSIS_SAMPLE_RATE:
+        raise ValueError(f"wants audio at {ANALYSIS_SAMPLE_RATE} Hz, not {sound.sample_rate}")
+    y = sound.samples
+    if y.size == 0 or sound.peak < SILENT_PEAK:
+        raise SilentAudioError(f"{name}: silent, nothing to transcribe")
+    peak = max(float(y.max()), -float(y.min()))  # no |y| temporary the size of the recording
+    if peak > 0.0:
+        y *= np.float32(1.0 / peak)
+    return _padded(y)
 
 
 # ------------------------------------------------------------------ 2. analyse
 
 
-def analyse(y: np.ndarray, sr: int = ANALYSIS_SAMPLE_RATE) -> Frames:
-    """Pitch, voicing, levels and onsets of a prepared signal, frame by frame."""
+def _frame_features(y: np.ndarray, sr: int) -> np.ndarray:
+    """(6, frames): pYIN's f0 (Hz, NaN unvoiced), voiced flag, voicing probability, the
+    46 ms and 12 ms levels and the onset strength, one column per ``HOP`` samples, frame
+    ``t`` centred on sample ``t * HOP``."""
     import librosa
 
-    f0, voiced, probability = librosa.pyin(y, fmin=FMIN_HZ, fmax=FMAX_HZ, sr=sr, frame_length=FRAME,
-                                 hop_length=HOP, resolution=PYIN_RESOLUTION,
-                                 max_transition_rate=PYIN_MAX_TRANSITION)
+    f0, voiced, probability = librosa.pyin(y, fmin=FMIN_HZ, fmax=FMAX_HZ, sr=sr,
+                                           frame_length=FRAME, hop_length=HOP,
+                                           resolution=PYIN_RESOLUTION,
+                                           max_transition_rate=PYIN_MAX_TRANSITION)
     rms = librosa.feature.rms(y=y, frame_length=FRAME, hop_length=HOP)[0]
     short_rms = librosa.feature.rms(y=y, frame_length=FRAME // 4, hop_length=HOP)[0]
     strength = librosa.onset.onset_strength(y=y, sr=sr, hop_length=HOP,
                                             max_size=SUPERFLUX_MAX_BANDS)
-    n = min(len(f0), len(rms), len(short_rms), len(strength))
-    f0, voiced, probability, rms = f0[:n], voiced[:n], probability[:n], rms[:n]
+    rows = (f0, voiced, probability, rms, short_rms, strength)
+    n = min(len(values) for values in rows)
+    return np.stack([np.asarray(values[:n], np.float64) for values in rows])
+
+
+def analyse(y: np.ndarray, sr: int = ANALYSIS_SAMPLE_RATE) -> Frames:
+    """Pitch, voicing, levels and onsets of a prepared signal, frame by frame (over blocks
+    of :data:`BLOCK_FRAMES`; see the module docstring)."""
+    import librosa
+
+    features = limits.framewise_in_blocks(y, HOP, lambda x: _frame_features(x, sr),
+                                          BLOCK_FRAMES, MARGIN_FRAMES)  # (6, n)
+    f0, voiced, probability, rms, short_rms, strength = features
+    n = len(f0)
+    voiced = voiced > 0.5
+    rms, short_rms, strength = (np.asarray(v, np.float32) for v in (rms, short_rms, strength))
     loud = rms > rms.max() * 10 ** (-SILENCE_DB / 20)
     # pYIN's Viterbi path can stay "voiced" through noise whose voicing probability is ~0
     sung = voiced & (probability >= MIN_VOICED_PROBABILITY) & loud & np.isfinite(f0)
     midi = np.full(n, np.nan)
     midi[sung] = librosa.hz_to_midi(f0[sung])
-    onsets = librosa.onset.onset_detect(onset_envelope=strength[:n], sr=sr, hop_length=HOP,
+    onsets = librosa.onset.onset_detect(onset_envelope=strength, sr=sr, hop_length=HOP,
                                         units="frames")
-    return Frames(midi, rms, short_rms[:n], strength[:n], np.asarray(onsets, dtype=np.int64),
-                  sr)
+    return Frames(midi, rms, short_rms, strength, np.asarray(onsets, dtype=np.int64), sr)
 
 
 # ------------------------------------------------------------------ 3. segment
@@ -407,12 +450,36 @@ def fold_tempo(qpm: float, low: float = TEMPO_RANGE[0], high: float = TEMPO_RANG
     return qpm
 
 
+def mean_tempogram(strength: np.ndarray, sr: int, block_frames: int | None = None
+                   ) -> np.ndarray:
+    """librosa's autocorrelation tempogram of an onset strength, averaged over frames:
+    (window,) where window covers ``TEMPO_WINDOW_S``. Computed over blocks of
+    ``block_frames`` frames (default :data:`BLOCK_FRAMES`) with half a window of context
+    on each side: the same average as
+    over the whole envelope (each frame is normalised on its own), in the memory of one
+    block (a whole tempogram costs ~2.5 MB per second of sound)."""
+    import librosa
+
+    block_frames = block_frames or BLOCK_FRAMES
+    window = int(librosa.time_to_frames(TEMPO_WINDOW_S, sr=sr, hop_length=HOP))
+    half = window // 2 + 1
+    n = len(strength)
+    total = np.zeros(window)
+    for first in range(0, n, block_frames):
+        last = min(n, first + block_frames)
+        lo, hi = max(0, first - half), min(n, last + half)
+        tg = librosa.feature.tempogram(onset_envelope=strength[lo:hi], sr=sr,
+                                       hop_length=HOP, win_length=window)  # (window, hi-lo)
+        total += tg[:, first - lo:last - lo].sum(axis=1)
+    return total / max(1, n)
+
+
 def estimate_tempo(frames: Frames) -> float:
     """librosa's tempo from the onset strength, folded into ``TEMPO_RANGE``, whole qpm."""
     import librosa
 
-    tempo = librosa.feature.tempo(onset_envelope=frames.strength, sr=frames.sample_rate,
-                                  hop_length=HOP)
+    tg = mean_tempogram(frames.strength, frames.sample_rate)
+    tempo = librosa.feature.tempo(tg=tg[:, None], sr=frames.sample_rate, hop_length=HOP)
     return float(round(fold_tempo(float(np.atleast_1d(tempo)[0]))))
 
 
@@ -441,11 +508,48 @@ def quantize(notes: list[tuple[float, float, int, float]], qpm: float) -> Melody
 def transcribe_array(audio: np.ndarray, sample_rate: int, qpm: float | None = None,
                      name: str = "<audio>") -> Transcription:
     """Transcribe (n,) or (n, channels) float audio; see the module docstring."""
-    if qpm is not None and not (0 < qpm < 1000):
-        raise AudioError(f"tempo {qpm} qpm is out of range")
+    _check_tempo(qpm)
     channels = audio.shape[1] if audio.ndim == 2 else 1
     seconds = audio.shape[0] / sample_rate
-    frames = analyse(prepare(audio, sample_rate, name))
+    return _transcribe(prepare(audio, sample_rate, name), qpm, name, seconds, sample_rate,
+                       channels)
+
+
+def transcribe_file(path: str | os.PathLike[str], qpm: float | None = None, *,
+                    max_seconds: float = limits.MAX_AUDIO_SECONDS,
+                    root: str | os.PathLike[str] | None = None,
+                    follow_links: bool = True) -> Transcription:
+    """Transcribe an audio file (WAV, FLAC, Ogg, AIFF), with what was found on the way.
+
+    The file is opened and checked by :func:`melodyvae.limits.read_audio_mono` (with
+    ``root`` and ``follow_links`` as there): refused from its header when longer than
+    ``max_seconds``, else read in blocks straight to mono at ``ANALYSIS_SAMPLE_RATE``.
+    Peak memory grows by about 0.1 MB per second of sound (docs/benchmarks.md).
+    """
+    _check_tempo(qpm)
+    sound = limits.read_audio_mono(path, target_rate=ANALYSIS_SAMPLE_RATE,
+                                   max_seconds=max_seconds, root=root,
+                                   follow_links=follow_links)
+    name = str(path)
+    header = sound.header
+    seconds = header.frames / header.sample_rate
+    return _transcribe(prepare_mono(sound, name), qpm, name, seconds, header.sample_rate,
+                       header.channels)
+
+
+def transcribe(path: str | os.PathLike[str], qpm: float | None = None) -> Melody:
+    """The melody of an audio file (WAV, FLAC, Ogg, AIFF); see the module docstring."""
+    return transcribe_file(path, qpm).melody
+
+
+def _check_tempo(qpm: float | None) -> None:
+    if qpm is not None and not (0 < qpm < 1000):
+        raise AudioError(f"tempo {qpm} qpm is out of range")
+
+
+def _transcribe(y: np.ndarray, qpm: float | None, name: str, seconds: float,
+                sample_rate: int, channels: int) -> Transcription:
+    frames = analyse(y)
     min_frames = frames.frames(MIN_NOTE_S)
     hop_s = frames.seconds_per_frame
     notes = [(s.start * hop_s, s.end * hop_s, s.pitch, float(frames.rms[s.start:s.end].max()))
@@ -459,14 +563,3 @@ def transcribe_array(audio: np.ndarray, sample_rate: int, qpm: float | None = No
                  " (estimated)" if estimated else "")
     return Transcription(melody, float(qpm), estimated, seconds, sample_rate, channels,
                          tuple(start for start, *_ in notes))
-
-
-def transcribe_file(path: str | os.PathLike[str], qpm: float | None = None) -> Transcription:
-    """Transcribe an audio file (WAV, FLAC, Ogg, AIFF), with what was found on the way."""
-    audio, sample_rate = read_audio(path)
-    return transcribe_array(audio, sample_rate, qpm, name=str(path))
-
-
-def transcribe(path: str | os.PathLike[str], qpm: float | None = None) -> Melody:
-    """The melody of an audio file (WAV, FLAC, Ogg, AIFF); see the module docstring."""
-    return transcribe_file(path, qpm).melody

@@ -13,4 +13,8 @@ core.py      dispatch: addresses to handlers, replies, stats; no socket (tests d
 app.py       the UDP socket, threads and process lifecycle (``melodyvae serve``)
 cli.py       the ``serve`` subcommand's arguments
 web.py       ``serve --web``: the browser page (static/) and its WebSockets, one client each
+midi_*.py    MIDI ports (docs/midi.md): midi_bridge.py puts them on the server, midi_port.py
+             opens, sends and reads them, midi_clock.py follows a host's clock,
+             midi_map.py maps knobs to axes, midi_cli.py has the options, midi_jack.py
+             runs a headless JACK server for the tests and the benchmark
 """

@@ -1,10 +1,15 @@
 """Composing live answers with the model: encode the phrases played, move each latent vector
 by its answer mode (echo: noise; contrast: along an attribute; blend: toward the client's
-z), decode. Runs on the model thread; live.py decides when and cues the results."""
+z), decode. Runs on the model thread; live.py decides when and cues the results.
+
+An answer to one bar line is composed more than once: drafts from what has been played so
+far while the phrase is still being played, then, at the line's deadline, from the phrase
+as it finally stands unless a draft already heard exactly that (:class:`Pending`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,6 +25,10 @@ if TYPE_CHECKING:
 
 SILENT_RETRIES = 3  # a silent answer is decoded again this often, sampled ...
 RETRY_TEMPERATURE = 1.0  # ... at least this hot, with the next seeds
+
+_NUMBERS = itertools.count(1)  # orders requests: a later request composes a later draft
+
+Result = tuple[Melody | None, np.ndarray, np.ndarray]  # (answer or None: silent; z call; z)
 
 
 @dataclass
@@ -39,10 +48,51 @@ class AnswerRequest:
     seed: int
     deadline: float  # Unix seconds the request was due to be made
     session: Session | None = None  # None: the calibration run
+    pending: Pending | None = None  # the answer it composes for (None: calibration)
+    submitted: float = 0.0  # Unix seconds it was handed to the model thread
+    number: int = field(default_factory=lambda: next(_NUMBERS))
+
+    def same_answer(self, other: AnswerRequest) -> bool:
+        """Whether ``other`` composes the same answer (the same call, settings and seed)."""
+        return (self.call == other.call and self.mode == other.mode
+                and self.amount == other.amount and self.attribute == other.attribute
+                and self.attribute_amount == other.attribute_amount
+                and self.mix == other.mix and self.temperature == other.temperature
+                and self.seed == other.seed
+                and (self.mode != "blend" or np.array_equal(self.z_now, other.z_now)))
+
+
+@dataclass
+class Pending:
+    """The answer to one bar line while it is being composed.
+
+    Drafts are composed from the phrase so far, one at a time, again whenever what was
+    played (or a setting) changed; at the deadline ``final`` is what the answer must hear.
+    The answer sent is the ready one that composed ``final``, or, if that is not ready one
+    lookahead before the bar line, the newest ready draft."""
+
+    line: int  # the bar line (absolute step)
+    number: int  # the session's answer count when it began (numbers its seed)
+    submitted: AnswerRequest | None = None  # the newest request handed to the model thread
+    in_flight: int = 0  # requests handed over and not back yet
+    ready: tuple[AnswerRequest, Result, float] | None = None  # newest composed: result, when
+    final: AnswerRequest | None = None  # set at the deadline
+
+    def take(self, request: AnswerRequest, result: Result, at: float) -> None:
+        """A composed answer came back at ``at``; keep it if it is the newest."""
+        self.in_flight -= 1
+        if self.ready is None or request.number > self.ready[0].number:
+            self.ready = (request, result, at)
+
+    def final_ready(self) -> tuple[AnswerRequest, Result, float] | None:
+        """The ready answer that heard exactly what the deadline asked for, if any."""
+        if self.final is None or self.ready is None:
+            return None
+        return self.ready if self.ready[0].same_answer(self.final) else None
 
 
 def compose(vae: MelodyVAE, attributes: dict[str, np.ndarray], requests: list[AnswerRequest]
-            ) -> list[tuple[Melody | None, np.ndarray, np.ndarray]]:
+            ) -> list[Result]:
     """Encode the calls (one batch), move each z by its mode, decode (greedy ones as one
     batch, sampled ones each with its seed, so an answer does not depend on what else
     was due): (answer, or None if it stayed silent; z of the call; z of the answer) per

@@ -31,6 +31,7 @@ from melodyvae.server.state import Addr
 
 if TYPE_CHECKING:
     from melodyvae.inference import MelodyVAE
+    from melodyvae.server.midi_bridge import MidiBridge, MidiPorts, MidiSettings
     from melodyvae.server.web import WebOptions
 
 _LOGGER = logging.getLogger(__name__)
@@ -69,14 +70,19 @@ class OscServer:
     """A :class:`ServerCore` behind a UDP socket; start, use ``.port``, close."""
 
     def __init__(self, vae: MelodyVAE, host: str = "127.0.0.1", port: int = 9000,
-                 config: ServerConfig | None = None, sock: socket.socket | None = None
-                 ) -> None:
+                 config: ServerConfig | None = None, sock: socket.socket | None = None,
+                 midi: tuple[MidiPorts, MidiSettings] | None = None) -> None:
         self.sock = sock if sock is not None else bind(host, port)
         self.sock.settimeout(POLL)
         self.host = host
         self.port: int = self.sock.getsockname()[1]
         self.core = ServerCore(vae, self._sendto, config)
         self.core.guard.own = (str(self.sock.getsockname()[0]), self.port)
+        self.midi: MidiBridge | None = None  # MIDI ports (midi_bridge.py), if opened
+        if midi is not None:
+            from melodyvae.server.midi_bridge import MidiBridge
+
+            self.midi = MidiBridge(self.core, *midi)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._refused: collections.deque[Addr] = collections.deque(maxlen=1024)
@@ -115,8 +121,10 @@ class OscServer:
                 self.core.unreachable(dest)
 
     def start(self) -> OscServer:
-        """Start the worker, playback, file and network threads; returns self."""
+        """Start the worker, playback, file, MIDI and network threads; returns self."""
         self.core.start()
+        if self.midi is not None:
+            self.midi.start()
         self._thread = threading.Thread(target=self._serve, name="mvae-network", daemon=True)
         self._thread.start()
         return self
@@ -146,6 +154,8 @@ class OscServer:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(POLL * 5)
+        if self.midi is not None:  # first: every sounding MIDI note is released at once
+            self.midi.close()
         self.core.close()
         self.sock.close()
 
@@ -167,6 +177,7 @@ class ServeOptions:
     threads: int | None = None
     config: ServerConfig = ServerConfig()
     web: WebOptions | None = None  # also serve the browser page (server/web.py)
+    midi: MidiSettings | None = None  # also open MIDI ports (server/midi_bridge.py)
 
 
 def warm_up(vae: MelodyVAE, max_batch: int = 4) -> float:
@@ -216,7 +227,12 @@ def serve(options: ServeOptions) -> int:
         raise ServerStartError(f"--reply-port {port} is the port the server listens on; "
                                "its replies would come back to it")
     web_sock = None
+    ports: MidiPorts | None = None
     try:
+        if options.midi is not None:  # a missing port fails before the model loads
+            from melodyvae.server.midi_bridge import open_ports
+
+            ports = open_ports(options.midi)
         if options.web is not None:
             from melodyvae.server.web import bind as bind_web
 
@@ -224,13 +240,17 @@ def serve(options: ServeOptions) -> int:
         set_threads(options.threads)
         vae = MelodyVAE.load(options.model, device=options.device)
         seconds = warm_up(vae)
+        _LOGGER.info("warmed up in %.2f s", seconds)
+        server = OscServer(vae, options.host, options.port, config, sock,
+                           None if ports is None or options.midi is None
+                           else (ports, options.midi))
     except BaseException:
         sock.close()
         if web_sock is not None:
             web_sock.close()
+        if ports is not None:
+            ports.close()
         raise
-    _LOGGER.info("warmed up in %.2f s", seconds)
-    server = OscServer(vae, options.host, options.port, config, sock)
     web = None
 
     stop = threading.Event()
@@ -254,6 +274,8 @@ def serve(options: ServeOptions) -> int:
                   f"are read only from loopback and --allow-from networks ({nets}), and an "
                   "address there gets melodies only once it has echoed /mvae/verify "
                   "(docs/osc.md, Safety)", file=sys.stderr, flush=True)
+        if ports is not None:
+            print(f"melodyvae: {ports.describe()}", flush=True)
         if options.web is not None and web_sock is not None:
             from melodyvae.server.web import WebServer, describe
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from melodyvae.argtypes import positive_int, real_number, whole_number
 from melodyvae.presets import DEFAULT_MODEL
+from melodyvae.server import midi_cli
 
 _PORT = whole_number(0, 65535, what="a port number")
 _LOOKAHEAD = real_number(0.0, 2000.0, what="a number of milliseconds", unit="ms")
@@ -67,7 +68,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="also serve a control page for the browser on this TCP port (8000; "
                    "0 = any free), on --host; its address, with an access token, is printed "
                    "at start")
+    midi_cli.add_arguments(p)
     p.set_defaults(func=cmd_serve)
+    midi_cli.add_parsers(sub)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -83,4 +86,4 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     web = None if args.web is None else WebOptions(args.host, args.web)
     return serve(ServeOptions(args.model, args.host, args.port, args.device, args.threads,
-                              config, web))
+                              config, web, midi_cli.settings(args)))

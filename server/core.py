@@ -161,11 +161,12 @@ class ServerCore:
     def send(self, data: bytes, addr: Addr) -> None:
         """Send one datagram if the guard lets it go (a trusted destination, under its byte
         cap, not the server itself); safe from any thread; a failed send is logged, not
-        raised. An attached client's replies go to it (a gone one's are dropped)."""
+        raised. An attached client's replies go to it (a gone tab's are dropped)."""
+        deliver = self.attached.get(addr)
+        if deliver is not None:
+            deliver(data)
+            return
         if addr[0] == ATTACHED_HOST:
-            deliver = self.attached.get(addr)
-            if deliver is not None:
-                deliver(data)
             return
         if not self.guard.trusted(addr) or not self.guard.may_send(len(data), addr):
             return
@@ -292,8 +293,9 @@ class ServerCore:
             self.error(dest, message.address, f"internal error: {type(e).__name__}: {e}")
 
     def attach(self, key: Addr, deliver: Callable[[bytes], None]) -> None:
-        """A client on another transport, ``key`` = (ATTACHED_HOST, number): its replies go
-        to ``deliver`` (called from any thread), its messages come in through
+        """A client on another transport, ``key`` = (ATTACHED_HOST, number) for a browser
+        tab, or a host no network address has (the MIDI input's): its replies go to
+        ``deliver`` (called from any thread), its messages come in through
         :meth:`handle_message` with ``key`` as the sender."""
         self.attached[key] = deliver
 

@@ -8,16 +8,24 @@ their bundle's timetag when they come in a timed bundle, else when they arrive �
 Every *phrase line* (a bar line at a multiple of the model's length) is answered if
 anything was played in the phrase before it, and so is the first reachable bar line after
 ``/mvae/answer``. At the line's *deadline* — the bar line less the client's lookahead less
-an estimate of the time an answer takes — the listener thread cuts what was played to the
-phrase (a note still held ends at the bar line) and hands a task to the model thread, which
-encodes the phrase, moves its latent vector by the answer mode, decodes, and cues the answer
-on the player to start exactly on the bar line (playback.py sends that bar line's bundle at
-once). An answer ready later than one lookahead before its bar line is dropped with
-``/mvae/error``, never played late.
+an estimate of the time an answer takes — what was played is cut to the phrase (a note
+still held ends at the bar line): that is the *call* the answer must hear. The model thread
+encodes a call, moves its latent vector by the answer mode and decodes (answers.py).
 
-The estimate is ``SAFETY`` times the longest deadline-to-ready time of the last
-``SAMPLES`` answers (before the first, a calibration run of three answers due together stands
-in) plus ``WAKE_MARGIN``.
+The answer is composed before the deadline, while the phrase is played: from the *draft
+time* (the deadline less ``DRAFT_S`` or ``DRAFT_ESTIMATES`` estimates, whichever is longer,
+at most half the phrase) the listener hands the model thread a draft from the notes so far,
+and another whenever the call changed and no draft is in flight. At the deadline, a draft
+that heard the final call is the answer and is cued at once; otherwise the final call is
+composed then. The answer cued is the one that heard the final call; if it is not ready
+``LAST_CALL_S`` before the lookahead, the newest ready draft is cued instead (the last notes
+played are then missing from what it heard). The player starts it exactly on the bar line
+(playback.py sends that bar line's bundle at once). An answer with nothing ready one
+lookahead before its bar line is dropped with ``/mvae/error``, never played late.
+
+The estimate is ``SAFETY`` times the longest compose time (handed over to ready) of the last
+``SAMPLES`` compositions (before the first, a calibration run of three answers due together
+stands in) plus ``WAKE_MARGIN``.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ import numpy as np
 
 from melodyvae.errors import MelodyVAEError
 from melodyvae.melody import Melody, Note
-from melodyvae.server.answers import SILENT_RETRIES, AnswerRequest, compose
+from melodyvae.server.answers import SILENT_RETRIES, AnswerRequest, Pending, Result, compose
 from melodyvae.server.engine import Engine
 from melodyvae.server.playback import Player
 from melodyvae.server.protocol import PREFIX, Args, encode_message
@@ -64,7 +72,12 @@ DEFAULT_ESTIMATE = 0.05  # seconds an answer is assumed to take before anything 
 SAFETY = 1.5  # the estimate is SAFETY x the slowest recent answer ...
 WAKE_MARGIN = 0.02  # ... plus this many seconds for thread wake-ups
 MAX_ESTIMATE = 0.5  # seconds; a stall does not push deadlines further than this
-SAMPLES = 32  # answers the estimate looks back on
+SAMPLES = 32  # compositions the estimate looks back on
+DRAFT_S = 0.5  # seconds before the deadline the first draft is composed ...
+DRAFT_ESTIMATES = 4.0  # ... or this many estimates before it, if longer ...
+DRAFT_PHRASE = 0.5  # ... but at most this share of the phrase before it
+LAST_CALL_S = WAKE_MARGIN  # the newest ready draft is cued this long before the lookahead
+LOST_AFTER_S = 2.0  # a composition not back this long after its bar line is taken as lost
 CALIBRATION_KEY: Addr = ("live", 0)  # the engine slot of the calibration task
 
 
@@ -135,7 +148,8 @@ class Listener(Worker):
 
     @property
     def estimate(self) -> float:
-        """Seconds an answer is expected to take from its deadline to being ready."""
+        """Seconds an answer is expected to take from being handed to the model thread to
+        being ready (what the deadline leaves it before the lookahead)."""
         if not self.samples:
             return DEFAULT_ESTIMATE
         return min(MAX_ESTIMATE, SAFETY * max(self.samples) + WAKE_MARGIN)
@@ -178,14 +192,25 @@ class Listener(Worker):
                 session.requested = self._first_line(session, self.steps_per_bar, now)
         self.poke()
 
+    def _draft_lead(self, session: Session) -> float:
+        """Seconds before the deadline that drafting begins."""
+        phrase_s = self.phrase_steps * session.clock.seconds_per_step
+        return min(DRAFT_PHRASE * phrase_s, max(DRAFT_S, DRAFT_ESTIMATES * self.estimate))
+
     def run_due(self, now: float | None = None) -> float | None:
-        """Make every answer request whose deadline has come — all of them one task for the
-        model thread, so answers due together are encoded and decoded as one batch; return
-        the time of the next deadline (None: none). The listener thread's step; call with
-        the state lock held."""
+        """Hand the model thread every draft and final request that is due — all of them one
+        task, so answers due together are encoded and decoded as one batch — and cue the
+        answers whose deadline or last call has come; return the time of the next deadline,
+        draft time or last call (None: none). The listener thread's step; call with the
+        state lock held."""
         now = self.clock() if now is None else now
         wake: float | None = None
         requests: list[AnswerRequest] = []
+
+        def at(moment: float) -> None:
+            nonlocal wake
+            wake = moment if wake is None else min(wake, moment)
+
         for session in list(self.sessions.values()):
             if not session.listening:
                 continue
@@ -195,7 +220,7 @@ class Listener(Worker):
                 line, session.requested = session.requested, None
                 if line == session.next_line:
                     session.next_line += self.phrase_steps
-                self._fire(session, line, lead, now, True, requests)
+                self._fire(session, line, now, True, requests)
             due = 0
             while clock.time_of(session.next_line) - lead <= now:
                 line = session.next_line
@@ -206,18 +231,77 @@ class Listener(Worker):
                                     session.client.key)
                     session.next_line = self._first_line(session, self.phrase_steps, now)
                     break
-                self._fire(session, line, lead, now, False, requests)
-            for waiting in (session.next_line, session.requested):
-                if waiting is not None:
-                    deadline = clock.time_of(waiting) - lead
-                    wake = deadline if wake is None else min(wake, deadline)
+                self._fire(session, line, now, False, requests)
+            planned = [line for line in (session.next_line, session.requested)
+                       if line is not None]
+            for line, pending in list(session.pending.items()):
+                if pending.final is None and line not in planned:
+                    del session.pending[line]  # its line moved (tempo, sync)
+            draft_lead = self._draft_lead(session)
+            for line in planned:
+                deadline = clock.time_of(line) - lead
+                at(deadline)
+                if now >= deadline - draft_lead:
+                    self._draft(session, line, requests)
+                else:
+                    at(deadline - draft_lead)
+            for pending in list(session.pending.values()):
+                if pending.final is None:
+                    continue
+                bar_time = clock.time_of(pending.line)
+                last_call = bar_time - session.client.lookahead - LAST_CALL_S
+                if now < last_call:
+                    at(last_call)
+                elif now > bar_time + (LOST_AFTER_S if pending.in_flight else 0.0):
+                    self._lost(session, pending)  # nothing composed came back in time
+                else:
+                    self._last_call(session, pending)
         if requests:
             self.batches += 1
+            for request in requests:
+                request.submitted = now
             self.engine.submit_task(("live", self.batches), lambda: self._answer(requests))
         return wake
 
-    def _fire(self, session: Session, line: int, lead: float, now: float, manual: bool,
+    def _request(self, session: Session, pending: Pending, call: Melody,
+                 deadline: float) -> AnswerRequest:
+        """What the model thread needs to compose ``call`` with the session's settings now."""
+        client = session.client
+        return AnswerRequest(
+            client.key, pending.line, call, session.mode, session.amount, session.attribute,
+            session.attribute_amount, session.mix, client.z.copy(), client.temperature,
+            (client.seed + pending.number) % 2**63, deadline, session, pending)
+
+    def _pending(self, session: Session, line: int) -> Pending:
+        pending = session.pending.get(line)
+        if pending is None:
+            session.count += 1
+            pending = session.pending[line] = Pending(line, session.count)
+        return pending
+
+    def _submit(self, pending: Pending, request: AnswerRequest,
+                requests: list[AnswerRequest]) -> None:
+        pending.submitted = request
+        pending.in_flight += 1
+        requests.append(request)
+
+    def _draft(self, session: Session, line: int, requests: list[AnswerRequest]) -> None:
+        """Compose a draft of the answer to ``line`` from what was played so far, unless
+        one is in flight or the newest heard the same."""
+        call = session.call(line, self.phrase_steps, self.steps_per_bar)
+        if call is None:
+            return  # nothing played yet
+        pending = self._pending(session, line)
+        if pending.in_flight:
+            return  # one at a time; the listener is poked when it comes back
+        request = self._request(session, pending, call,
+                                session.clock.time_of(line) - self._lead(session))
+        if pending.submitted is None or not pending.submitted.same_answer(request):
+            self._submit(pending, request, requests)
+
+    def _fire(self, session: Session, line: int, now: float, manual: bool,
               requests: list[AnswerRequest]) -> None:
+        """The deadline of ``line``: fix the call; cue a draft that heard it, or compose it."""
         client = session.client
         bar = line // self.steps_per_bar
         if line == session.last_line:
@@ -225,6 +309,7 @@ class Listener(Worker):
         session.last_line = line
         call = session.call(line, self.phrase_steps, self.steps_per_bar)
         if call is None:
+            session.pending.pop(line, None)
             session.silent += 1
             if manual:
                 self.error(client.key, ANSWER_ADDRESS,
@@ -233,16 +318,48 @@ class Listener(Worker):
             return
         bar_time = session.clock.time_of(line)
         if now > bar_time - client.lookahead:  # the listener itself woke too late
+            session.pending.pop(line, None)
             session.dropped += 1
             self.error(client.key, ANSWER_ADDRESS,
                        f"answer for bar {bar} dropped: the server reached it "
-                       f"{(now - bar_time + lead) * 1000:.0f} ms after its deadline")
+                       f"{(now - bar_time + self._lead(session)) * 1000:.0f} ms after its "
+                       "deadline")
             return
-        session.count += 1
-        requests.append(AnswerRequest(
-            client.key, line, call, session.mode, session.amount, session.attribute,
-            session.attribute_amount, session.mix, client.z.copy(), client.temperature,
-            (client.seed + session.count) % 2**63, bar_time - lead, session))
+        pending = self._pending(session, line)
+        pending.final = self._request(session, pending, call, bar_time - self._lead(session))
+        ready = pending.final_ready()
+        if ready is not None:
+            self._finish(session, pending, *ready)
+        elif not (pending.in_flight and pending.submitted is not None
+                  and pending.submitted.same_answer(pending.final)):
+            self._submit(pending, pending.final, requests)
+
+    def _last_call(self, session: Session, pending: Pending) -> None:
+        """One lookahead (and ``LAST_CALL_S``) before the line and the answer that heard the
+        final call is not ready: cue the newest ready draft, if there is one with notes."""
+        if pending.ready is None or pending.ready[1][0] is None:
+            return  # nothing to send yet: the answer is dropped when it comes back late
+        session.drafts_sent += 1
+        _LOGGER.info("answer for bar %d of %s: sent the draft; its last notes came too late",
+                     pending.line // self.steps_per_bar, session.client.key)
+        self._finish(session, pending, *pending.ready)
+
+    def _lost(self, session: Session, pending: Pending) -> None:
+        """The bar line passed with nothing sent, and nothing on its way or nothing back
+        ``LOST_AFTER_S`` after it (a composition was lost): say so, once."""
+        del session.pending[pending.line]
+        session.dropped += 1
+        self.error(session.client.key, ANSWER_ADDRESS,
+                   f"answer for bar {pending.line // self.steps_per_bar} dropped: nothing "
+                   "was ready by its bar line")
+
+    def _finish(self, session: Session, pending: Pending, request: AnswerRequest,
+                result: Result, ready: float) -> None:
+        """Cue ``result`` as the answer to its line; the line is done (state lock held)."""
+        if session.pending.get(pending.line) is pending:
+            del session.pending[pending.line]
+        melody, z_call, z = result
+        self._cue(request, melody, z_call, z, ready)
 
     def wait_seconds(self) -> float | None:
         return None if self._wake_at is None else self._wake_at - self.clock()
@@ -258,9 +375,7 @@ class Listener(Worker):
         return 0
 
     # ------------------------------------------------------------ model thread
-    # ------------------------------------------------------------ model thread
-    def compose(self, requests: list[AnswerRequest]
-                ) -> list[tuple[Melody | None, np.ndarray, np.ndarray]]:
+    def compose(self, requests: list[AnswerRequest]) -> list[Result]:
         """:func:`melodyvae.server.answers.compose` with this server's model."""
         return compose(self.vae, self.attributes, requests)
 
@@ -276,11 +391,18 @@ class Listener(Worker):
             return
         ready = self.clock()
         with self.lock:
-            self.samples.append(ready - min(r.deadline for r in requests))
-            self.poke()  # the estimate moved: deadlines may have too
+            self.samples.append(ready - min(r.submitted for r in requests))
+            self.poke()  # the estimate moved, and calls may have changed meanwhile
             for request, result in sorted(zip(requests, results, strict=True),
                                           key=lambda item: item[0].deadline):
-                self._cue(request, *result, ready)
+                pending, session = request.pending, self.sessions.get(request.key)
+                if (pending is None or session is None or session is not request.session
+                        or session.pending.get(request.line) is not pending):
+                    continue  # done meanwhile (a draft was sent), forgotten or moved
+                pending.take(request, result, ready)
+                final = pending.final_ready()
+                if final is not None:
+                    self._finish(session, pending, *final)
 
     def _cue(self, request: AnswerRequest, melody: Melody | None, z_call: np.ndarray,
              z: np.ndarray, ready: float) -> None:
@@ -309,16 +431,26 @@ class Listener(Worker):
             return
         session.answered += 1
         session.worst_margin = min(session.worst_margin, bar_time - sent)
+        session.least_spare = min(session.least_spare, bar_time - lookahead - ready)
         session.client.store("call", z_call)
         session.client.store("answer", z)
 
     def _failed(self, requests: list[AnswerRequest], reason: str) -> None:
         with self.lock:
             for request in requests:
-                if request.session is None:
+                session, pending = request.session, request.pending
+                if session is None or pending is None:
                     _LOGGER.warning("live calibration failed: %s", reason)
                     continue
-                request.session.failed += 1
+                if session.pending.get(request.line) is not pending:
+                    continue  # done meanwhile
+                pending.in_flight -= 1
+                if pending.final is None or not request.same_answer(pending.final):
+                    _LOGGER.info("a draft of the answer for bar %d failed: %s",
+                                 request.line // self.steps_per_bar, reason)
+                    continue  # the deadline composes the final call again and reports
+                del session.pending[request.line]
+                session.failed += 1
                 bar = request.line // self.steps_per_bar
                 self.error(request.key, ANSWER_ADDRESS, f"answer for bar {bar}: {reason}")
 
@@ -381,6 +513,8 @@ class Listener(Worker):
             session.release(pitch, session.clock.position(at))
         else:
             session.press(pitch, velocity, session.clock.position(at))
+        if session.pending:
+            self.poke()  # a draft may need composing again
 
     def _noteoff(self, client: ClientState, args: Args) -> None:
         args.count(1, 2)  # a release velocity is accepted and ignored
@@ -389,6 +523,8 @@ class Listener(Worker):
         session = self.sessions.get(client.key)
         if session is not None and session.listening:
             session.release(pitch, session.clock.position(at))
+            if session.pending:
+                self.poke()
 
     def _sync(self, client: ClientState, args: Args) -> None:
         args.count(1)

@@ -31,6 +31,9 @@ from melodyvae.server.protocol import PREFIX, encode_bundle, encode_message
 from melodyvae.server.state import Addr
 from melodyvae.server.worker import Worker
 
+# (client, absolute step, Unix time, [(pitch, velocity), ...]); velocity 0 is a note-off
+NoteTap = Callable[[Addr, int, float, Sequence[tuple[int, int]]], None]
+
 _LOGGER = logging.getLogger(__name__)
 
 MAX_LATE = 1.0  # seconds behind schedule after which the clock is re-anchored to now
@@ -96,6 +99,8 @@ class Player(Worker):
         self.on_expired = on_expired
         self.tracks: dict[Addr, Track] = {}
         self.lock = threading.Lock()
+        self.note_tap: NoteTap | None = None  # also told every note sent (MIDI output);
+        # called with the lock held: it must not call back into the player
         super().__init__(threading.Condition(self.lock))
 
     # ------------------------------------------------------------ control (any thread)
@@ -139,15 +144,40 @@ class Player(Worker):
 
     def stop(self, key: Addr, release: bool = True) -> bool:
         """Stop a client's loop; a sounding note is released after what was scheduled
-        (unless ``release`` is false: nobody listens there)."""
+        (over OSC unless ``release`` is false: nobody listens there; on the note tap
+        always)."""
         with self.lock:
             track = self.tracks.pop(key, None)
             if track is None:
                 return False
-            if track.sounding is not None and release:
+            if track.sounding is not None:
                 at = max(track.time_of(track.next_step), self.clock())
-                self._send(key, encode_bundle([note_off(track.sounding[0])], at))
+                self._tap(key, track.next_step, at, [(track.sounding[0], 0)])
+                if release:
+                    self._send(key, encode_bundle([note_off(track.sounding[0])], at))
         return True
+
+    def play_from(self, key: Addr, melody: Melody, origin: float, qpm: float, start: int,
+                  lookahead: float) -> None:
+        """Loop ``melody`` from step ``start`` (a bar line) of the clock ``origin + step *
+        60 / qpm / 4``: an outside clock's grid (a host's MIDI clock). Whatever the client
+        played stops first."""
+        self.stop(key)
+        with self.lock:
+            track = Track(key, qpm, lookahead, heard=self.clock())
+            track._use(melody)
+            track.origin, track.next_step, track.loop_start = origin, start, start
+            self.tracks[key] = track
+        self._poke()
+
+    def follow(self, key: Addr, origin: float, qpm: float) -> None:
+        """Put a client's unscheduled steps on the clock ``origin + step * 60 / qpm / 4``
+        (an outside clock's latest estimate; its steps keep their numbers)."""
+        with self.lock:
+            track = self.tracks.get(key)
+            if track is not None and track.melody is not None:
+                track.origin, track.qpm = origin, qpm
+        self._poke()
 
     def set_tempo(self, key: Addr, qpm: float) -> tuple[int, float] | None:
         """Change a client's tempo from its next unscheduled step on.
@@ -255,6 +285,8 @@ class Player(Worker):
         position = step - track.loop_start
         if track.once and position >= track.melody.total_steps:  # a cued answer ends
             messages = [] if track.sounding is None else [note_off(track.sounding[0])]
+            if track.sounding is not None:
+                self._tap(track.key, step, track.time_of(step), [(track.sounding[0], 0)])
             track.sounding = None
             track.melody = None
             messages.extend(track.tail)
@@ -272,19 +304,32 @@ class Player(Worker):
         local = position % melody.total_steps
         note = track.starts.get(local)
         messages = []
+        notes: list[tuple[int, int]] = []
         if track.sounding is not None and (
                 track.sounding[1] <= step or note is not None or swapped):
             messages.append(note_off(track.sounding[0]))
+            notes.append((track.sounding[0], 0))
             track.sounding = None
         messages.extend(head)
         if note is not None:
             messages.append(note_on(note.pitch, note.velocity))
+            notes.append((note.pitch, note.velocity))
             length = min(note.end, melody.total_steps) - local
             track.sounding = (note.pitch, step + length)
         if not messages:
             return 0
+        if notes:
+            self._tap(track.key, step, track.time_of(step), notes)
         self._send(track.key, encode_bundle(messages, track.time_of(step)))
         return 1
+
+    def _tap(self, key: Addr, step: int, at: float, notes: Sequence[tuple[int, int]]) -> None:
+        if self.note_tap is None:
+            return
+        try:
+            self.note_tap(key, step, at, notes)
+        except Exception:  # the MIDI side must not stop playback
+            _LOGGER.exception("the note tap failed")
 
     def _send(self, key: Addr, data: bytes) -> None:
         try:

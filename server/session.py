@@ -6,9 +6,13 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from melodyvae.melody import Melody, Note, monophonic
 from melodyvae.server.state import ClientState
+
+if TYPE_CHECKING:
+    from melodyvae.server.answers import Pending
 
 DEFAULT_AMOUNT = 0.3  # echo: standard deviations of noise added to the phrase's z
 DEFAULT_ATTRIBUTE_AMOUNT = 1.0  # contrast: how far along the attribute vector
@@ -69,12 +73,16 @@ class Session:
     next_line: int = 0  # the next phrase line (absolute step) to answer
     last_line: int | None = None  # the last line answered (never answered twice)
     requested: int | None = None  # a bar line /mvae/answer asked for
-    count: int = 0  # answers asked of the model (numbers their seeds)
+    pending: dict[int, Pending] = field(default_factory=dict)  # answers being composed, by line
+    count: int = 0  # answers begun (numbers their seeds)
     answered: int = 0
     dropped: int = 0  # not ready one lookahead before their bar line
     silent: int = 0  # phrase lines where nothing had been played
     failed: int = 0  # the model failed, or its answer stayed silent
+    drafts_sent: int = 0  # answered with a draft: the phrase's last notes came too late
     worst_margin: float = math.inf  # seconds: the least time an answer was sent early
+    least_spare: float = math.inf  # seconds: the least time an answer sent was ready
+    #                                before it had to be (one lookahead before its line)
 
     def press(self, pitch: int, velocity: int, at: float) -> None:
         self.release(pitch, at)
@@ -90,6 +98,7 @@ class Session:
     def forget_notes(self) -> None:
         self.notes.clear()
         self.held.clear()
+        self.pending.clear()
 
     def call(self, line: int, steps: int, steps_per_bar: int) -> Melody | None:
         """What was played in the ``steps`` before step ``line``, on the 16th grid and made

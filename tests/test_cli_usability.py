@@ -287,5 +287,5 @@ def test_the_help_says_which_commands_take_a_model_and_a_device(
     assert others == ["train", "evaluate", "axes"]
     assert "train, evaluate and axes take --device too" in top, top
     without = [c for c in commands if c not in with_device]
-    assert without == ["extract", "corpus", "models", "render", "transcribe"]
-    assert "extract, corpus, models, render and transcribe use no model" in top, top
+    assert without == ["extract", "corpus", "models", "render", "transcribe", "midi"]
+    assert "extract, corpus, models, render, transcribe and midi use no model" in top, top

@@ -15,6 +15,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -30,7 +31,13 @@ from melodyvae.inference import MelodyVAE
 from melodyvae.melody import Melody, Note
 from melodyvae.server.app import OscServer
 from melodyvae.server.core import ServerConfig, ServerCore
-from melodyvae.server.live import Listener
+from melodyvae.server.live import (
+    DRAFT_ESTIMATES,
+    DRAFT_S,
+    LAST_CALL_S,
+    LOST_AFTER_S,
+    Listener,
+)
 from melodyvae.server.playback import Player
 from melodyvae.server.protocol import Message, encode_message, parse_packet, timetag_seconds
 from melodyvae.training.axes import axes_document
@@ -113,15 +120,17 @@ class Wire:
     def errors(self) -> list[str]:
         return [str(args[1]) for _, address, args in self.events() if address == "/mvae/error"]
 
-    def until(self, at: float) -> None:
-        """Move the clock to ``at`` in 10 ms ticks, running every thread's step."""
+    def until(self, at: float, model: bool = True) -> None:
+        """Move the clock to ``at`` in 10 ms ticks, running every thread's step (the model
+        thread's only with ``model``: without, it is stalled)."""
         while self.clock.now < at:
             self.clock.now = min(at, self.clock.now + 0.01)
-            self.step()
+            self.step(model)
 
-    def step(self) -> None:
+    def step(self, model: bool = True) -> None:
         self.core.live.run_due()
-        self.core.engine.run_pending()
+        if model:
+            self.core.engine.run_pending()
         self.core.player.tick()
 
 
@@ -162,18 +171,30 @@ def test_the_calibration_times_three_kinds_of_answer_due_together(
 # ------------------------------------------------------------------ the answer, fake clock
 
 
+def deadline_of_bar_4(wire: Wire) -> float:
+    """Bar 4 (the first phrase line), less the lookahead, less the time an answer takes."""
+    return T0 + 8.0 - 0.1 - wire.core.live.estimate
+
+
 def test_an_answer_starts_on_the_bar_line_where_the_phrase_ends(vae: MelodyVAE) -> None:
+    """The answer is composed while the phrase is played (a draft, from the notes so far);
+    at the deadline the call is what the draft heard, so the answer goes out at once."""
     wire = listening(vae)
     phrase = scale_melody()
     wire.play(phrase, T0)
-    estimate = wire.core.live.estimate
-    deadline = wire.core.live.run_due()
-    # bar 4, less the lookahead, less the time an answer takes
-    assert deadline == pytest.approx(T0 + 8.0 - 0.1 - estimate, abs=1e-6)
-
+    live = wire.core.live
+    deadline = deadline_of_bar_4(wire)
+    draft_at = live.run_due()
+    assert draft_at == pytest.approx(deadline - max(DRAFT_S, DRAFT_ESTIMATES * live.estimate),
+                                     abs=1e-6)
+    wire.until(draft_at - 0.005)
+    assert live.batches == 0  # nothing composed before the draft time
+    wire.until(draft_at + 0.005)
+    assert live.batches == 1  # the draft, composed (the fake clock stands still meanwhile)
     wire.until(deadline - 0.005)
-    assert wire.events() == []  # nothing before the deadline
+    assert wire.events() == []  # nothing sent before the deadline
     wire.until(deadline + 0.005)
+    assert live.batches == 1  # the draft heard the whole phrase: no model work at the deadline
     first = wire.events()
     assert first[0][0] == pytest.approx(T0 + 8.0, abs=1e-6)  # the bar line, exactly
     assert first[0][1:] == ("/mvae/answer/begin", (first[0][2][0], 4, "echo"))
@@ -194,6 +215,70 @@ def test_an_answer_starts_on_the_bar_line_where_the_phrase_ends(vae: MelodyVAE) 
     session = wire.core.live.sessions[KEY]
     assert (session.answered, session.dropped, session.failed) == (1, 0, 0)
     assert session.worst_margin >= 0.1  # sent at least one lookahead before the bar line
+    assert session.least_spare >= DRAFT_S  # ready from the draft time on
+    assert session.drafts_sent == 0 and not session.pending
+
+
+def partial_and_late(wire: Wire) -> tuple[Melody, float]:
+    """Bars 0-3 of a scale played (timetagged) up to step 48, then listened to until just
+    after the draft time; then one late note at step 60 (before the deadline). The phrase
+    without the late note, and the deadline."""
+    phrase = scale_melody()
+    early = Melody(tuple(n for n in phrase.notes if n.start < 48), PHRASE)
+    wire.play(early, T0)
+    deadline = deadline_of_bar_4(wire)
+    draft_at = wire.core.live.run_due()
+    assert draft_at is not None and draft_at < deadline
+    wire.until(draft_at + 0.005)
+    assert wire.core.live.batches == 1  # the draft
+    wire.send_at(T0 + 60 * STEP, "/mvae/in/noteon", 72, 100)
+    wire.send_at(T0 + 62 * STEP, "/mvae/in/noteoff", 72)
+    return early, deadline
+
+
+def test_a_late_note_is_heard_the_answer_is_composed_again(vae: MelodyVAE) -> None:
+    wire = listening(vae)
+    early, deadline = partial_and_late(wire)
+    wire.until(deadline + 0.005)
+    assert wire.core.live.batches == 2  # composed again with the late note
+    begins = [e for e in wire.events() if e[1] == "/mvae/answer/begin"]
+    assert len(begins) == 1 and begins[0][0] == pytest.approx(T0 + 8.0, abs=1e-6)
+    heard = Melody((*early.notes, Note(60, 62, 72, 100)), PHRASE)
+    np.testing.assert_allclose(wire.core.client(KEY).slots["call"], vae.encode(heard),
+                               atol=1e-6)
+    session = wire.core.live.sessions[KEY]
+    assert (session.answered, session.drafts_sent) == (1, 0)
+
+
+def test_a_draft_is_sent_when_the_final_answer_would_be_late(vae: MelodyVAE) -> None:
+    """A late note changes the call; from the deadline on the model thread is stalled (a
+    CPU hog, say) past the last call: the newest ready draft is the answer, on time, and the
+    final one is dropped quietly when it comes back."""
+    wire = listening(vae)
+    early, deadline = partial_and_late(wire)
+    wire.until(deadline - 0.05)  # the late note is drafted too, while there is time ...
+    wire.send_at(T0 + 62.5 * STEP, "/mvae/in/noteon", 74, 100)  # ... but not this one
+    wire.until(deadline, model=False)  # the deadline hands over the final call
+    batches = wire.core.live.batches
+    assert wire.events() == []
+    last_call = T0 + 8.0 - 0.1 - LAST_CALL_S  # after the deadline: the estimate > LAST_CALL_S
+    wire.until(last_call - 0.005, model=False)
+    assert wire.events() == []  # the final answer is awaited until the last call ...
+    wire.until(last_call + 0.005, model=False)
+    first = wire.events()  # ... then the draft goes out
+    assert first[0][1] == "/mvae/answer/begin" and first[0][0] == pytest.approx(T0 + 8.0,
+                                                                                 abs=1e-6)
+    heard = Melody((*early.notes, Note(60, 62, 72, 100)), PHRASE)  # without the last note
+    np.testing.assert_allclose(wire.core.client(KEY).slots["call"], vae.encode(heard),
+                               atol=1e-6)
+    wire.until(T0 + 16.2)  # the model thread gets to the final call: too late, ignored
+    assert wire.core.live.batches == batches
+    events = wire.events()
+    assert [e for e in events if e[1] in ("/mvae/error", "/mvae/answer/begin")] == []
+    assert events[-1][1] == "/mvae/answer/end"
+    session = wire.core.live.sessions[KEY]
+    assert (session.answered, session.dropped, session.drafts_sent) == (1, 0, 1)
+    assert not session.pending
 
 
 def test_the_call_is_what_was_played_on_the_grid(vae: MelodyVAE) -> None:
@@ -237,13 +322,47 @@ def test_silence_is_not_answered(vae: MelodyVAE) -> None:
                              "answered"]
 
 
+def test_a_setting_changed_after_the_draft_is_heard(vae: MelodyVAE) -> None:
+    wire = listening(vae)
+    wire.play(scale_melody(), T0)
+    deadline = deadline_of_bar_4(wire)
+    wire.until(deadline - 0.05)
+    live = wire.core.live
+    draft = live.sessions[KEY].pending[PHRASE].ready
+    assert draft is not None and live.batches == 1
+    wire.send("/mvae/answer/amount", 2.0)  # echo further away, asked after the draft
+    wire.until(deadline + 0.001)
+    assert live.batches == 2  # composed again at the deadline
+    answer = wire.core.client(KEY).slots["answer"]
+    z_call = wire.core.client(KEY).slots["call"]
+    assert np.linalg.norm(answer - z_call) > 2 * np.linalg.norm(draft[1][2] - z_call)
+
+
+def test_a_composition_lost_on_the_way_is_reported_once(vae: MelodyVAE) -> None:
+    wire = listening(vae)
+    wire.play(scale_melody(), T0)
+    draft_at = wire.core.live.run_due()
+    assert draft_at is not None
+    wire.until(draft_at + 0.005, model=False)
+    wire.core.engine.tasks.jobs.clear()  # the draft's task never runs
+    wire.until(T0 + 8.0 + LOST_AFTER_S - 0.01, model=False)
+    assert wire.events() == []
+    wire.until(T0 + 8.0 + LOST_AFTER_S + 0.01, model=False)
+    assert wire.errors() == ["answer for bar 4 dropped: nothing was ready by its bar line"]
+    wire.until(T0 + 12.0)
+    assert wire.events() == []
+    session = wire.core.live.sessions[KEY]
+    assert (session.answered, session.dropped) == (0, 1) and not session.pending
+
+
 def test_an_answer_ready_too_late_is_dropped_with_an_error(vae: MelodyVAE) -> None:
     wire = listening(vae)
     wire.play(scale_melody(), T0)
-    deadline = wire.core.live.run_due()
-    assert deadline is not None
-    wire.clock.now = deadline
-    wire.core.live.run_due()  # the request goes to the model thread ...
+    draft_at = wire.core.live.run_due()
+    assert draft_at is not None
+    wire.until(draft_at + 0.005, model=False)  # the draft goes to the model thread ...
+    wire.until(T0 + 8.0 - 0.1, model=False)  # (the deadline and the last call pass)
+    assert wire.events() == []
     wire.clock.now = T0 + 8.0 - 0.1 + 0.001  # ... which gets to it 1 ms too late
     wire.core.engine.run_pending()
     errors = wire.errors()
@@ -308,11 +427,11 @@ def test_a_tempo_change_keeps_answers_and_clock_on_one_grid(vae: MelodyVAE) -> N
 def test_a_slower_tempo_after_the_deadline_does_not_answer_a_line_twice(vae: MelodyVAE
                                                                          ) -> None:
     wire = listening(vae)
-    wire.play(scale_melody(), T0)
-    deadline = wire.core.live.run_due()
-    assert deadline is not None
-    wire.clock.now = deadline
-    wire.core.live.run_due()  # the answer to bar 4 is on its way to the model ...
+    wire.play(Melody(tuple(n for n in scale_melody().notes if n.start < 48), PHRASE), T0)
+    wire.until(deadline_of_bar_4(wire) - 0.05)  # a draft of the answer is ready ...
+    wire.send_at(T0 + 60 * STEP, "/mvae/in/noteon", 72, 100)  # ... when a late note
+    wire.clock.now = deadline_of_bar_4(wire)
+    wire.core.live.run_due()  # sends the final answer to bar 4 on its way to the model ...
     wire.send("/mvae/tempo", 60.0)  # ... when bar 4, and its deadline, move further ahead
     wire.core.engine.run_pending()
     wire.until(T0 + 9.0)
@@ -450,11 +569,12 @@ MODES: dict[str, list[tuple[Any, ...]]] = {  # mode -> its settings
 }
 
 
-def test_a_scripted_performer_gets_answers_on_the_bar_line_in_every_mode(
-        vae_axes: MelodyVAE) -> None:
-    """Three performers at once, one per mode, each plays a 4-bar phrase at 120 qpm; each
-    answer starts on bar 4, exactly where the phrase ended, on the 16th grid."""
-    with OscServer(vae_axes, port=0) as server:
+def perform(vae: MelodyVAE) -> tuple[float, dict[str, Performer], dict[str, Any]]:
+    """Three performers at once, one per mode, each plays a 4-bar phrase (a transposed
+    scale) at 120 qpm into a server in this process, its notes timetagged and sent 0.3 s
+    ahead; then asks for its stats. Bar 0's time, the performers (closed, with what they
+    received) and each mode's live session on the server."""
+    with OscServer(vae, port=0) as server:
         performers = {mode: Performer(server.port) for mode in MODES}
         try:
             origin = time.time() + 1.0  # bar 0, when the performers start playing
@@ -465,7 +585,7 @@ def test_a_scripted_performer_gets_answers_on_the_bar_line_in_every_mode(
                 performer.send(osc("/mvae/answer/mode", mode).dgram)
                 for address, *values in MODES[mode]:
                     performer.send(osc(address, *values).dgram)
-            script = []  # (time, performer, datagram): each phrase a transposed scale
+            script = []  # (time, performer, datagram)
             for k, performer in enumerate(performers.values()):
                 for note in scale_melody().transpose(3 * k).notes:
                     start, end = origin + note.start * STEP, origin + note.end * STEP - 0.02
@@ -484,10 +604,19 @@ def test_a_scripted_performer_gets_answers_on_the_bar_line_in_every_mode(
             for performer in performers.values():
                 performer.send(osc("/mvae/answer/stats").dgram)
             time.sleep(0.3)
+            with server.core.lock:
+                sessions = {mode: server.core.live.sessions[
+                    ("127.0.0.1", performer.sock.getsockname()[1])]
+                    for mode, performer in performers.items()}
         finally:
             for performer in performers.values():
                 performer.close()
+    return origin, performers, sessions
 
+
+def check_answers(origin: float, performers: dict[str, Performer]) -> None:
+    """Each answer starts on bar 4, exactly where the phrase ended, on the 16th grid, sent
+    at least the lookahead before it; no errors, none dropped."""
     bar_line = origin + 8.0
     for mode, performer in performers.items():
         events = performer.events()
@@ -509,6 +638,37 @@ def test_a_scripted_performer_gets_answers_on_the_bar_line_in_every_mode(
         answered, dropped, _, failed, _, worst_ms = stats[0]
         assert (answered, dropped, failed) == (1, 0, 0), mode
         assert worst_ms >= 100.0, mode  # sent at least the lookahead before its bar line
+
+
+def test_a_scripted_performer_gets_answers_on_the_bar_line_in_every_mode(
+        vae_axes: MelodyVAE) -> None:
+    origin, performers, _ = perform(vae_axes)
+    check_answers(origin, performers)
+
+
+@pytest.fixture
+def cpu_hogs() -> Any:
+    """Two processes that spin on the CPU (as many as this machine's cores), for the test."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while 1: pass"]) for _ in range(2)]
+    try:
+        yield hogs
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
+def test_answers_are_ready_before_their_lookahead_beside_cpu_hogs(
+        vae_axes: MelodyVAE, cpu_hogs: list[subprocess.Popen[bytes]]) -> None:
+    """The same three performers with two CPU hogs running: each answer is composed while
+    its phrase is played, so it is ready before its lookahead (here: before its deadline,
+    with the whole phrase heard), not dropped."""
+    origin, performers, sessions = perform(vae_axes)
+    assert all(hog.poll() is None for hog in cpu_hogs)  # they spun all along
+    check_answers(origin, performers)
+    for mode, session in sessions.items():
+        assert session.least_spare > 0, mode  # ready before it had to be sent
+        assert session.drafts_sent == 0, mode  # and it heard the whole phrase
 
 
 # ------------------------------------------------------------------ Pure Data

@@ -12,6 +12,7 @@ from conftest import make_checkpoint, random_tokens
 from melodyvae.checkpoint import load_checkpoint
 from melodyvae.inference import MelodyVAE
 from melodyvae.training.corpus import CORPUS_FORMAT_VERSION, Corpus
+from melodyvae.training.evaluate import evaluate_tokens
 from melodyvae.training.report import build_report
 from melodyvae.training.ship import ship
 
@@ -34,13 +35,21 @@ def test_ship_writes_a_half_precision_model_with_everything_it_needs(
     assert path.stat().st_size < 0.75 * run.stat().st_size  # float16 storage
     info = load_checkpoint(path).info
     assert info["name"] == "mine" and info["training"] == {"step": 7}
-    assert set(info["metrics"]) >= {"teacher_forced_accuracy", "sampled_accuracy",
-                                    "active_units"}
-    bits = info["novelty"]["heldout_bits"]
-    assert len(bits) == 30 and bits == sorted(bits)
     vae = MelodyVAE.load(path, device="cpu")
     assert vae.axes["attribute_names"]
     original = MelodyVAE.load(run, device="cpu")
+    # the figures it carries are what the model does: on the test split ...
+    measured = evaluate_tokens(original.model, corpus.subset("test"))
+    for key in ("teacher_forced_accuracy", "sampled_accuracy", "nll_bits_per_step",
+                "kl_nats", "active_units"):
+        assert info["metrics"][key] == pytest.approx(measured[key], rel=1e-6), key
+    assert info["metrics"]["test_phrases"] == 30
+    # ... and the novelty scores of the held-out (valid) split, which score's percentile
+    # reads, are the shipped model's own, sorted
+    bits = np.asarray(info["novelty"]["heldout_bits"])
+    np.testing.assert_allclose(bits, np.sort(vae.negative_elbo_bits(corpus.subset("valid"))),
+                               atol=0.05)
+    assert len(bits) == 30 and np.all(np.diff(bits) >= 0)
     z = original.sample_z(3, seed=1)
     same = (original.decode_tokens(z) == vae.decode_tokens(z)).float().mean()
     assert same > 0.9  # float16 weights decode (nearly) the same melodies

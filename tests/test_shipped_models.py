@@ -15,6 +15,8 @@ from conftest import scale_melody
 from melodyvae.inference import DEFAULT_MODEL, MelodyVAE, shipped_models
 from melodyvae.midi import write_midi
 from melodyvae.training.axes import ATTRIBUTES
+from melodyvae.training.evaluate import evaluate_tokens
+from melodyvae.training.measures import sample_measures
 
 SHIPPED = {"hier-4bar": 4, "hier-16bar": 16, "flat-16bar": 16}  # name: bars
 
@@ -53,15 +55,40 @@ def test_a_shipped_model_decodes_and_carries_its_sliders(name: str) -> None:
     for melody in melodies:
         assert melody.total_steps == SHIPPED[name] * 16
         assert len(melody.notes) >= 4
-    metrics = vae.info["metrics"]
-    assert metrics["active_units"] >= 32
+
+
+def prior_samples(vae: MelodyVAE, n: int = 200, seed: int = 5) -> np.ndarray:
+    """(n, steps) tokens of the model's own melodies, sampled at temperature 1."""
+    z = vae.sample_z(n, seed=seed).astype(np.float32)
+    return vae.decode_tokens(z, 1.0, seed).cpu().numpy()
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_a_shipped_model_hears_the_differences_between_melodies(name: str) -> None:
+    """Its encoder uses its latent space: over 200 of the model's own melodies the posterior
+    means vary (variance > 0.01) in at least a quarter of the dimensions (measured
+    2026-12-01: 127 of 128 for hier-4bar, 256 of 256 for the 16-bar models); a collapsed
+    posterior, the VAE's classic failure, would leave them all still."""
+    vae = MelodyVAE.load(name, device="cpu")
+    figures = evaluate_tokens(vae.model, prior_samples(vae), sampled=False)
+    assert figures["active_units"] >= vae.z_dim // 4, figures
 
 
 def test_the_hierarchical_decoder_beats_the_flat_one_when_sampling() -> None:
-    """MusicVAE's central finding, on the shipped 16-bar models' test-split figures."""
-    hier = MelodyVAE.load("hier-16bar", device="cpu").info["metrics"]
-    flat = MelodyVAE.load("flat-16bar", device="cpu").info["metrics"]
-    assert hier["sampled_accuracy"] > flat["sampled_accuracy"]
+    """MusicVAE's central finding, measured on the shipped 16-bar models now: from the
+    same 200 prior draws at temperature 1, the hierarchical model's melodies keep to a key
+    more often, and it reconstructs its own melodies better when decoding freely
+    (measured 2026-12-01: key fit 0.918 against 0.814, free-running accuracy 0.661
+    against 0.557)."""
+    figures = {}
+    for name in ("hier-16bar", "flat-16bar"):
+        vae = MelodyVAE.load(name, device="cpu")
+        tokens = prior_samples(vae)
+        figures[name] = (sample_measures(tokens)["key_fit"],
+                         evaluate_tokens(vae.model, tokens)["sampled_accuracy"])
+    (hier_fit, hier_acc), (flat_fit, flat_acc) = figures["hier-16bar"], figures["flat-16bar"]
+    assert hier_fit > flat_fit + 0.03, figures
+    assert hier_acc > flat_acc + 0.03, figures
 
 
 def test_evaluate_hier_16bar_on_a_midi_folder(tmp_path: Path) -> None:

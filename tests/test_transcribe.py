@@ -183,3 +183,20 @@ def test_a_note_sung_again_splits_only_on_a_dip_with_an_attack() -> None:
     # pitch wobble, noise), keeps one note
     assert transcribe._split_rearticulations(note, dip, strength, 5, 9) == note
     assert transcribe._split_rearticulations(note, level, attack, 5, 9) == note
+
+
+def test_blocks_hear_what_one_analysis_of_the_whole_hears(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recording longer than one block (24 s) is analysed block by block, so memory does
+    not grow with its length; here blocks of 200 frames (2.3 s) cut two hummed lines into
+    eight: the notes, their onsets and the tempo are those of one analysis of the whole."""
+    y = np.concatenate([hum(LINE, vibrato=0.01, glide=0.05, snr_db=20.0, seed=seed)
+                        for seed in (1, 2)])
+    monkeypatch.setattr(transcribe, "BLOCK_FRAMES", 10**9)
+    whole = transcribe.transcribe_array(y, SR)
+    monkeypatch.setattr(transcribe, "BLOCK_FRAMES", 200)
+    blocked = transcribe.transcribe_array(y, SR)
+    assert len(whole.melody.notes) == 2 * len(LINE)
+    assert blocked.melody.notes == whole.melody.notes
+    assert blocked.onset_seconds == whole.onset_seconds
+    assert blocked.qpm == whole.qpm and blocked.tempo_estimated

@@ -14,6 +14,7 @@ hash of the tune's name, so it is deterministic and no window of a test tune is 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -32,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from melodyvae.errors import MelodyVAEError
+from melodyvae.limits import MAX_MIDI_BYTES
 from melodyvae.melody import Melody, MelodyError, Note, to_tokens
 from melodyvae.midi import MIDI_SUFFIXES, MidiError, read_midi
 
@@ -306,9 +308,10 @@ def build_corpus(
 # --------------------------------------------------------------------------- MIDI folders
 
 
-def _read_midi_job(path: str) -> tuple[str, Melody | None, str | None]:
+def _read_midi_job(path: str, max_bytes: int = MAX_MIDI_BYTES
+                   ) -> tuple[str, Melody | None, str | None]:
     try:
-        melody, _ = read_midi(path)
+        melody, _ = read_midi(path, max_bytes=max_bytes)
     except (MidiError, MelodyError) as e:
         reason = type(e).__name__
         return path, None, reason
@@ -323,9 +326,11 @@ def find_midi_files(folder: str | os.PathLike[str]) -> list[Path]:
 
 
 def midi_tunes(
-    folder: str | os.PathLike[str], report: BuildReport, workers: int | None = None
+    folder: str | os.PathLike[str], report: BuildReport, workers: int | None = None,
+    max_bytes: int = MAX_MIDI_BYTES,
 ) -> list[Tune]:
-    """Every MIDI file under ``folder`` read in parallel processes, one tune per file."""
+    """Every MIDI file under ``folder`` read in parallel processes, one tune per file;
+    files over ``max_bytes`` are skipped unread (counted as MidiTooLargeError)."""
     folder = Path(folder)
     files = find_midi_files(folder)
     if not files:
@@ -333,7 +338,8 @@ def midi_tunes(
     report.inputs += len(files)
     tunes: list[Tune] = []
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
-        jobs = pool.map(_read_midi_job, [str(f) for f in files], chunksize=8)
+        jobs = pool.map(functools.partial(_read_midi_job, max_bytes=max_bytes),
+                        [str(f) for f in files], chunksize=8)
         for path, melody, reason in tqdm(jobs, total=len(files), desc="MIDI files", unit="file"):
             if melody is None:
                 report.skipped[str(reason)] += 1
