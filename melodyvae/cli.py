@@ -183,17 +183,17 @@ def _train_phrase_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="FILE.safetensors")
     p.add_argument("--codes", metavar="FILE.npz", default=None,
                    help="cache of the section codes: read when it exists, written otherwise")
-    p.add_argument("--w-dim", type=positive_int, default=128, help="phrase latent size (128)")
+    p.add_argument("--w-dim", type=positive_int, default=256, help="phrase latent size (256)")
     p.add_argument("--hidden", type=positive_int, default=512, help="MLP width (512)")
     p.add_argument("--layers", type=positive_int, default=2, help="MLP hidden layers (2)")
     p.add_argument("--no-forms", dest="forms", action="store_false",
                    help="no form coordinate (which sections repeat which) beside w")
     p.add_argument("--form-threshold", type=real_number(0.0, 10.0), default=None,
                    help="standardised code distance under which a section counts as a repeat "
-                        "of another (0.35)")
+                        "of another (0.7)")
     p.add_argument("--steps", type=positive_int, default=3000, help="optimizer steps (3000)")
-    p.add_argument("--beta", type=real_number(0.0, 100.0), default=1.0,
-                   help="final KL weight (1.0)")
+    p.add_argument("--beta", type=real_number(0.0, 100.0), default=0.5,
+                   help="final KL weight (0.5)")
     p.add_argument("--lr", type=real_number(1e-7, 1.0), default=1e-3,
                    help="initial learning rate (1e-3)")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads")
@@ -382,8 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
                "each takes --model NAME|FILE (a shipped name, see 'melodyvae models', or a "
                f"checkpoint file; default {DEFAULT_MODEL}) and --device auto|cpu|cuda|mps. "
                "evaluate and axes take the model as their first argument; train, evaluate "
-               "and axes take --device too. extract, corpus, models, render, transcribe and "
-               "midi use no model. 'melodyvae COMMAND --help' says more.",
+               "and axes take --device too. train-phrase and adapt fit a phrase level on the "
+               f"CPU: train-phrase over --section MODEL (default {DEFAULT_MODEL}), adapt "
+               "from --model (default phrase-16bar). extract, corpus, models, render, "
+               "transcribe and midi use no model. 'melodyvae COMMAND --help' says more.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -113,10 +113,15 @@ def test_train_phrase_builds_a_model(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert code == 0, err
     assert codes.is_file() and np.load(codes)["tr"].shape == (30, 4, 8)
     vae = MelodyVAE.load(out, device="cpu")
-    assert isinstance(vae, PhraseMelodyVAE) and vae.z_dim == 4 and vae.bars == 16
+    assert isinstance(vae, PhraseMelodyVAE) and vae.z_dim == 4 + 1 and vae.bars == 16  # w, u
+    assert float(vae.phrase.form_prior.sum()) == pytest.approx(1.0)
     assert vae.latent_axes.names  # axes over w come with the model
     code, _, err = run(args, capsys)  # the second run reads the cached codes
     assert code == 0, err
+    code, _, err = run([*args, "--no-forms", "--out", str(tmp_path / "plain.safetensors")],
+                       capsys)
+    assert code == 0, err
+    assert MelodyVAE.load(tmp_path / "plain.safetensors", device="cpu").z_dim == 4
     code, _, err = run([*args[:4], str(tmp_path / "none.npz"), *args[5:]], capsys)
     assert code == 2 and err.count("\n") == 1 and "no such corpus" in err
 

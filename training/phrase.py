@@ -137,9 +137,9 @@ def reconstruction_error(model: PhraseVAE, codes: np.ndarray) -> float:
 # ------------------------------------------------------------------ a phrase model from a corpus
 
 MAX_AXES_PHRASES = 20000  # phrases whose w the latent axes are computed from
-FORM_THRESHOLD = 0.35  # standardised RMS code distance under which a section repeats another
-# (docs/phrase.md: exact repeats of hier-4bar's test sections lie at 0, distinct sections at
-# 0.36 and above in 99 pairs of 100)
+FORM_THRESHOLD = 0.7  # standardised RMS code distance under which a section repeats another
+# (docs/phrase.md: at 0.7 the bar repeats of samples come near the data's; exact repeats of
+# hier-4bar's test sections lie at 0, distinct sections at 0.36 and above in 99 pairs of 100)
 ADAPT_FORM_WEIGHT = 4.0  # the base model's form prior counts as this many of a folder's phrases
 
 
