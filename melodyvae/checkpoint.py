@@ -4,6 +4,12 @@ One ``.safetensors`` file holds the weights and, under the header metadata key
 ``melodyvae``, a JSON document with the format version, the preset (model and training
 configs), the token representation, a summary of the training data and, once computed,
 the latent axes. Loading needs nothing else, and no pickle is involved.
+
+A phrase model (:mod:`melodyvae.phrase`: a phrase level over a section model's latent
+space) is one file too: its document says ``"kind": "phrase"`` and holds the section
+model's preset under ``section`` and the :class:`~melodyvae.phrase.PhraseConfig` under
+``phrase``; its tensors are the section model's, prefixed ``section.``, and the phrase
+VAE's, prefixed ``phrase.``. Its latent axes live in the phrase latent ``w``.
 """
 
 from __future__ import annotations
@@ -25,11 +31,15 @@ from safetensors.torch import load_file, save_file
 from melodyvae import melody as _melody
 from melodyvae.errors import MelodyVAEError
 from melodyvae.model import VAE
+from melodyvae.phrase import PhraseConfig, PhraseVAE, forms_of
 from melodyvae.presets import ModelConfig, Preset, PresetError, TrainConfig
 
 FORMAT = "melodyvae-checkpoint"
 FORMAT_VERSION = 1
 METADATA_KEY = "melodyvae"
+PHRASE_KIND = "phrase"  # the document's "kind" of a phrase model (absent: a plain VAE)
+SECTION_PREFIX = "section."  # a phrase model's tensors of its section model ...
+PHRASE_PREFIX = "phrase."  # ... and of its phrase VAE
 
 
 class CheckpointError(MelodyVAEError, ValueError):
@@ -85,6 +95,47 @@ def save_checkpoint(path: str | os.PathLike[str], model: VAE, preset: Preset,
     os.replace(tmp, path)
 
 
+def _section_doc(preset: Preset) -> dict[str, Any]:
+    return {"preset": preset.name, "description": preset.description,
+            "model": dataclasses.asdict(preset.model), "train": dataclasses.asdict(preset.train)}
+
+
+def _write(path: Path, tensors: dict[str, torch.Tensor], doc: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(doc)})
+    os.replace(tmp, path)
+
+
+def save_phrase_checkpoint(path: str | os.PathLike[str], section: VAE, section_preset: Preset,
+                           phrase: PhraseVAE, name: str, description: str = "",
+                           extra: dict[str, Any] | None = None) -> None:
+    """Write a phrase model: the section model and the phrase VAE in one file (atomically).
+
+    ``name`` and ``description`` name the phrase model; ``extra`` goes into the document
+    (``data``, ``training``, ``axes`` over the phrase latent, ...). The section model's
+    weights are stored as float16 when that loses nothing (a shipped model's are)."""
+    doc: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": PHRASE_KIND,
+        "preset": name,
+        "description": description,
+        "section": _section_doc(section_preset),
+        "phrase": dataclasses.asdict(phrase.cfg),
+        "representation": representation(),
+    }
+    doc.update(extra or {})
+    tensors = {SECTION_PREFIX + k: v.detach().to("cpu").contiguous()
+               for k, v in section.state_dict().items()}
+    if all(torch.equal(t.half().float(), t.float()) for t in tensors.values()
+           if t.is_floating_point()):  # a section model loaded from float16 stays float16
+        tensors = {k: t.half() if t.is_floating_point() else t for k, t in tensors.items()}
+    tensors.update({PHRASE_PREFIX + k: v.detach().to("cpu").float().contiguous()
+                    for k, v in phrase.state_dict().items()})
+    _write(Path(path), tensors, doc)
+
+
 # ------------------------------------------------------------------ reading, every field checked
 #
 # A checkpoint can come from anywhere, so nothing in its header is trusted: the header's size,
@@ -127,6 +178,16 @@ TRAIN_BOUNDS: dict[str, tuple[float, float]] = {
     "transpose": (0, 24),
     "max_steps": (1, 1 << 40),
 }
+# (low, high) inclusive bounds on every PhraseConfig integer.
+PHRASE_BOUNDS: dict[str, tuple[int, int]] = {
+    "sections": (1, 16),
+    "code_dim": (1, 2048),
+    "w_dim": (1, 2048),
+    "hidden": (1, 8192),
+    "layers": (1, 8),
+    "forms": (0, 1),
+}
+MAX_PHRASE_BARS = 64  # sections x the section model's bars
 _STRING_FIELDS = {"format": 64, "preset": 200, "description": 4000, "name": 200}
 _OPTIONAL_SECTIONS = ("data", "training", "axes", "metrics", "novelty")
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
@@ -267,6 +328,64 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def check_phrase_config(phrase: Any, section: ModelConfig) -> PhraseConfig:
+    """A PhraseConfig from a phrase model's ``phrase`` section, every field checked first
+    (its code size must be the section model's latent size)."""
+    if not isinstance(phrase, dict):
+        raise CheckpointError(f"phrase config must be an object, not {_short(phrase)}")
+    names = [f.name for f in dataclasses.fields(PhraseConfig)]
+    unknown = sorted(set(phrase) - set(names))
+    missing = [n for n in names if n not in phrase and n != "forms"]  # forms: 0 if absent
+    phrase = {"forms": 0, **phrase}
+    if unknown or missing:
+        raise CheckpointError(f"phrase config has unknown fields {unknown[:3]} or lacks "
+                              f"{missing[:3]}")
+    for name, (low, high) in PHRASE_BOUNDS.items():
+        value = phrase[name]
+        if not _is_int(value):
+            raise CheckpointError(f"phrase.{name} must be an integer, not {_short(value)}")
+        if not low <= value <= high:
+            raise CheckpointError(f"phrase.{name} is {value}, outside [{low}, {high}]")
+    if phrase["code_dim"] != section.z_dim:
+        raise CheckpointError(f"phrase.code_dim is {phrase['code_dim']}, the section model's "
+                              f"latent has {section.z_dim}")
+    if phrase["sections"] * section.bars > MAX_PHRASE_BARS:
+        raise CheckpointError(f"{phrase['sections']} sections of {section.bars} bars are more "
+                              f"than {MAX_PHRASE_BARS} bars")
+    cfg = PhraseConfig(**phrase)
+    params = sum(math.prod(shape) for shape in phrase_shapes(cfg).values())
+    if params > MAX_PARAMETERS:
+        raise CheckpointError(f"phrase config asks for {params:,} weights, more than "
+                              f"{MAX_PARAMETERS:,}")
+    return cfg
+
+
+def phrase_shapes(cfg: PhraseConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape in a :class:`~melodyvae.phrase.PhraseVAE` of this config,
+    computed without building it (a test keeps this equal to the module's ``state_dict``)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def mlp(prefix: str, n_in: int, n_out: int) -> None:
+        width = n_in
+        for layer in range(cfg.layers):
+            shapes[f"{prefix}.{3 * layer}.weight"] = (cfg.hidden, width)
+            shapes[f"{prefix}.{3 * layer}.bias"] = (cfg.hidden,)
+            shapes[f"{prefix}.{3 * layer + 1}.weight"] = (cfg.hidden,)  # LayerNorm
+            shapes[f"{prefix}.{3 * layer + 1}.bias"] = (cfg.hidden,)
+            width = cfg.hidden
+        shapes[f"{prefix}.{3 * cfg.layers}.weight"] = (n_out, width)
+        shapes[f"{prefix}.{3 * cfg.layers}.bias"] = (n_out,)
+
+    mlp("encoder", cfg.sections * cfg.code_dim, 2 * cfg.w_dim)
+    mlp("decoder", cfg.w_dim, cfg.sections * cfg.code_dim)
+    shapes["code_mean"] = (cfg.code_dim,)
+    shapes["code_std"] = (cfg.code_dim,)
+    if cfg.forms:
+        shapes["form_prior"] = (len(forms_of(cfg.sections)),)
+        shapes["form_threshold"] = ()
+    return shapes
+
+
 def _check_optional(doc: dict[str, Any], z_dim: int) -> None:
     """Types and sizes of the sections other code reads (data, training, axes, metrics,
     novelty); the values inside axes are judged where they are used."""
@@ -372,9 +491,26 @@ def _read_header(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str
     if doc.get("representation") != representation():
         raise CheckpointError(f"{path}: trained on another token representation")
     try:
-        cfg = check_model_config(doc.get("model"))
-        check_train_config(doc.get("train"))
-        _check_optional(doc, cfg.z_dim)
+        if "kind" in doc and doc["kind"] != PHRASE_KIND:
+            raise CheckpointError(f"kind must be {PHRASE_KIND!r} or absent, not "
+                                  f"{_short(doc['kind'])}")
+        if doc.get("kind") == PHRASE_KIND:
+            section = doc.get("section")
+            if not isinstance(section, dict):
+                raise CheckpointError(f"section must be an object, not {_short(section)}")
+            for name in ("preset", "description"):
+                if not isinstance(section.get(name, ""), str) or len(section.get(name, "")) \
+                        > _STRING_FIELDS[name]:
+                    raise CheckpointError(f"section.{name} must be a string of at most "
+                                          f"{_STRING_FIELDS[name]} characters")
+            cfg = check_model_config(section.get("model"))
+            check_train_config(section.get("train"))
+            latent = check_phrase_config(doc.get("phrase"), cfg).latent_dim
+        else:
+            cfg = check_model_config(doc.get("model"))
+            check_train_config(doc.get("train"))
+            latent = cfg.z_dim
+        _check_optional(doc, latent)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
     tensors = _check_tensors(path, header, info.st_size - 8 - size)
@@ -403,13 +539,24 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
     allocate more than its own weights need.
     """
     doc, shapes = _read_header(path)
+    if doc.get("kind") == PHRASE_KIND:
+        raise CheckpointError(f"{path}: a phrase model (load it with load_phrase_checkpoint "
+                              "or MelodyVAE.load)")
     preset = preset_from_info(doc)
-    expected = expected_shapes(preset.model)
+    _check_shapes(path, shapes, expected_shapes(preset.model), preset.name)
+    model = VAE(preset.model)
+    _load_weights(path, {"": model})
+    model.to(device).eval()
+    return Checkpoint(model, preset, doc)
+
+
+def _check_shapes(path: str | os.PathLike[str], shapes: dict[str, tuple],
+                  expected: dict[str, tuple[int, ...]], what: str) -> None:
     missing = sorted(set(expected) - set(shapes))
     unexpected = sorted(set(shapes) - set(expected))
     if missing or unexpected:
         raise CheckpointError(
-            f"{path}: weights do not match the {preset.name} config "
+            f"{path}: weights do not match the {what} config "
             f"(missing {missing[:3]}, unexpected {[_short(u) for u in unexpected[:3]]})"
         )
     for name, shape in shapes.items():
@@ -417,21 +564,67 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
             raise CheckpointError(
                 f"{path}: {name} has shape {shape}, the config wants {expected[name]}"
             )
+
+
+def _load_weights(path: str | os.PathLike[str], modules: dict[str, torch.nn.Module]) -> None:
+    """Read the file's tensors into ``modules`` (prefix -> module), every name and shape
+    checked again: the file may have changed since its header was read."""
     try:
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: weights unreadable, the file may be truncated ({e})"
                               ) from e
-    model = VAE(preset.model)
-    state = model.state_dict()
-    for name, tensor in tensors.items():  # the file may have changed since its header was read
+    state = {prefix + k: v for prefix, module in modules.items()
+             for k, v in module.state_dict().items()}
+    for name, tensor in tensors.items():
         if name not in state or tensor.shape != state[name].shape:
             raise CheckpointError(f"{path}: {_short(name)} changed while it was read")
     if set(tensors) != set(state):
         raise CheckpointError(f"{path}: weights changed while they were read")
-    model.load_state_dict({k: v.to(state[k].dtype) for k, v in tensors.items()})
-    model.to(device).eval()
-    return Checkpoint(model, preset, doc)
+    for prefix, module in modules.items():
+        own = module.state_dict()
+        module.load_state_dict({k: tensors[prefix + k].to(v.dtype) for k, v in own.items()})
+
+
+@dataclasses.dataclass
+class PhraseCheckpoint:
+    """A phrase model: its section model, its phrase VAE and the document they came with."""
+
+    section: VAE
+    section_preset: Preset
+    phrase: PhraseVAE
+    info: dict[str, Any]
+
+
+def is_phrase_info(doc: dict[str, Any]) -> bool:
+    """Whether a checkpoint's document describes a phrase model."""
+    return doc.get("kind") == PHRASE_KIND
+
+
+def load_phrase_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu"
+                           ) -> PhraseCheckpoint:
+    """Build the section model and phrase VAE a phrase model file describes and load them,
+    with the same checks as :func:`load_checkpoint` (header whole, every shape first)."""
+    doc, shapes = _read_header(path)
+    if doc.get("kind") != PHRASE_KIND:
+        raise CheckpointError(f"{path}: not a phrase model")
+    section = doc["section"]
+    preset = preset_from_info({**section, "preset": section.get("preset", "section")})
+    cfg = check_phrase_config(doc["phrase"], preset.model)
+    expected = {SECTION_PREFIX + k: v for k, v in expected_shapes(preset.model).items()}
+    expected.update({PHRASE_PREFIX + k: v for k, v in phrase_shapes(cfg).items()})
+    _check_shapes(path, shapes, expected, f"{doc['preset']} phrase")
+    model = VAE(preset.model)
+    phrase = PhraseVAE(cfg)
+    _load_weights(path, {SECTION_PREFIX: model, PHRASE_PREFIX: phrase})
+    if cfg.forms:
+        prior, threshold = phrase.form_prior, float(phrase.form_threshold)
+        if not (bool(torch.isfinite(prior).all()) and bool((prior >= 0).all())
+                and abs(float(prior.sum()) - 1.0) < 1e-3):
+            raise CheckpointError(f"{path}: the form prior is not a distribution")
+        if not 0.0 <= threshold <= 100.0:
+            raise CheckpointError(f"{path}: form threshold {threshold} outside [0, 100]")
+    return PhraseCheckpoint(model.to(device).eval(), preset, phrase.to(device).eval(), doc)
 
 
 def write_info(path: str | os.PathLike[str], doc: dict[str, Any],
@@ -442,8 +635,4 @@ def write_info(path: str | os.PathLike[str], doc: dict[str, Any],
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: weights unreadable ({e})") from e
-    target = Path(out) if out is not None else Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(doc)})
-    os.replace(tmp, target)
+    _write(Path(out) if out is not None else Path(path), tensors, doc)

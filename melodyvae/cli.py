@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from melodyvae.argtypes import byte_size, non_negative_int, positive_int
+from melodyvae.argtypes import byte_size, non_negative_int, positive_int, real_number
 from melodyvae.commands import limit_hint, limit_options
 from melodyvae.errors import MelodyVAEError, UserError
 from melodyvae.limits import MAX_MIDI_BYTES
@@ -145,9 +145,114 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
 
+def cmd_train_phrase(args: argparse.Namespace) -> int:
+    if not Path(args.data).is_file():
+        raise UserError(f"{args.data}: no such corpus file (build one with melodyvae corpus "
+                        "--bars 16)")
+    import torch
+
+    from melodyvae.inference import resolve_model
+    from melodyvae.training.phrase import PhraseTrainConfig, train_phrase_model
+
+    resolve_model(args.section)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train_cfg = PhraseTrainConfig(steps=args.steps, max_beta=args.beta, lr=args.lr)
+    out = train_phrase_model(
+        args.section, Path(args.data), Path(args.out),
+        {"w_dim": args.w_dim, "hidden": args.hidden, "layers": args.layers,
+         "forms": int(args.forms)}, train_cfg,
+        codes_cache=Path(args.codes) if args.codes else None, seed=args.seed,
+        progress=not args.no_progress,
+        **({} if args.form_threshold is None else {"form_threshold": args.form_threshold}))
+    print(f"phrase model written to {out}")
+    return 0
+
+
+def _train_phrase_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-phrase", help="fit a phrase level over a section model (minutes on a CPU)",
+        description="Encode every section of a long-phrase corpus with a trained section "
+                    "model (e.g. 16-bar phrases as four 4-bar sections under hier-4bar), fit "
+                    "a small VAE over those codes with a phrase latent of its own, and write "
+                    "one phrase model file (with latent axes) that plays like any model.")
+    p.add_argument("--section", default=DEFAULT_MODEL, metavar="MODEL",
+                   help=f"section model: shipped name or checkpoint ({DEFAULT_MODEL})")
+    p.add_argument("--data", required=True, metavar="FILE",
+                   help="corpus file of phrases a whole number of sections long")
+    p.add_argument("--out", required=True, metavar="FILE.safetensors")
+    p.add_argument("--codes", metavar="FILE.npz", default=None,
+                   help="cache of the section codes: read when it exists, written otherwise")
+    p.add_argument("--w-dim", type=positive_int, default=256, help="phrase latent size (256)")
+    p.add_argument("--hidden", type=positive_int, default=512, help="MLP width (512)")
+    p.add_argument("--layers", type=positive_int, default=2, help="MLP hidden layers (2)")
+    p.add_argument("--no-forms", dest="forms", action="store_false",
+                   help="no form coordinate (which sections repeat which) beside w")
+    p.add_argument("--form-threshold", type=real_number(0.0, 10.0), default=None,
+                   help="standardised code distance under which a section counts as a repeat "
+                        "of another (0.7)")
+    p.add_argument("--steps", type=positive_int, default=3000, help="optimizer steps (3000)")
+    p.add_argument("--beta", type=real_number(0.0, 100.0), default=0.5,
+                   help="final KL weight (0.5)")
+    p.add_argument("--lr", type=real_number(1e-7, 1.0), default=1e-3,
+                   help="initial learning rate (1e-3)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train_phrase)
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: not a folder")
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise UserError(f"{out}: the model file must end in .safetensors")
+    import torch
+
+    from melodyvae.inference import MelodyVAE
+    from melodyvae.phrase_inference import PhraseMelodyVAE
+    from melodyvae.training.phrase import adapt, folder_phrases
+
+    # one thread unless asked: the phrase MLPs are too small for threads to pay, and on a
+    # busy 2-core machine two threads made the fit 4x slower (docs/phrase.md)
+    torch.set_num_threads(args.threads or 1)
+    base = MelodyVAE.load(args.model, device="cpu")
+    if not isinstance(base, PhraseMelodyVAE):
+        raise UserError(f"{args.model}: not a phrase model (adapt fits a phrase level, e.g. "
+                        "of phrase-16bar)")
+    folder_phrases(folder, base.bars)  # a bad folder fails before any fitting
+    summary = adapt(base, folder, out, seconds=args.seconds, steps=args.steps, seed=args.seed,
+                    progress=not args.no_progress)
+    print(f"{out}: {base.name} adapted to {summary['phrases']} phrases of {base.bars} bars from "
+          f"{summary['files']} files ({summary['steps']} steps, {summary['seconds']:.0f} s)")
+    return 0
+
+
+def _adapt_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "adapt", help="fit a phrase model to a folder of your MIDI files (about a minute)",
+        description="Fit the phrase level of a phrase model (phrase-16bar by default) to the "
+                    "melodies of a folder of MIDI files, ten or more, and write a model file "
+                    "like any other (generate, serve, axes take it with --model FILE).")
+    p.add_argument("folder", metavar="DIR", help="folder of MIDI files (searched recursively)")
+    p.add_argument("--out", required=True, metavar="FILE.safetensors")
+    p.add_argument("--model", default="phrase-16bar", metavar="MODEL",
+                   help="phrase model to start from (phrase-16bar)")
+    p.add_argument("--seconds", type=real_number(1.0, 3600.0), default=50.0,
+                   help="time for reading, encoding and fitting together; the fit stops "
+                        "early when it runs out (50)")
+    p.add_argument("--steps", type=positive_int, default=1000, help="most fit steps (1000)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (1)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_adapt)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from melodyvae.inference import MelodyVAE
-    from melodyvae.training.evaluate import evaluate_tokens, load_eval_data
+    from melodyvae.training.evaluate import evaluate_model, load_eval_data
 
     if args.threads:
         import torch
@@ -158,7 +263,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     vae = MelodyVAE.load(args.model, device=args.device)
     tokens = load_eval_data(args.data, vae.bars, args.split)
     metrics = {"model": vae.name, "data": str(args.data),
-               **evaluate_tokens(vae.model, tokens, args.batch_size)}
+               **evaluate_model(vae, tokens, args.batch_size)}
     music = None
     if args.music:
         from melodyvae.training.evaluate import music_lines, music_measures, train_phrases
@@ -241,13 +346,19 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     for name, path in models.items():
         info = read_info(path)
-        m = info["model"]
         metrics = info.get("metrics") or {}
         summary = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()
                             if isinstance(v, float))
         default = " (default)" if name == DEFAULT_MODEL else ""
-        print(f"{name}{default}: {m['kind']}, {m['bars']} bars, latent {m['z_dim']}"
-              + (f"; {summary}" if summary else ""))
+        if "phrase" in info and "section" in info:  # a phrase model
+            m, ph = info["section"]["model"], info["phrase"]
+            what = (f"phrase, {ph['sections'] * m['bars']} bars ({ph['sections']} sections "
+                    f"of {info['section']['preset']}), latent {ph['w_dim'] + ph.get('forms', 0)}"
+                    + (" with form" if ph.get("forms") else ""))
+        else:
+            m = info["model"]
+            what = f"{m['kind']}, {m['bars']} bars, latent {m['z_dim']}"
+        print(f"{name}{default}: {what}" + (f"; {summary}" if summary else ""))
     from melodyvae.models import LICENCE
 
     print(LICENCE)
@@ -271,8 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
                "each takes --model NAME|FILE (a shipped name, see 'melodyvae models', or a "
                f"checkpoint file; default {DEFAULT_MODEL}) and --device auto|cpu|cuda|mps. "
                "evaluate and axes take the model as their first argument; train, evaluate "
-               "and axes take --device too. extract, corpus, models, render, transcribe and "
-               "midi use no model. 'melodyvae COMMAND --help' says more.",
+               "and axes take --device too. train-phrase and adapt fit a phrase level on the "
+               f"CPU: train-phrase over --section MODEL (default {DEFAULT_MODEL}), adapt "
+               "from --model (default phrase-16bar). extract, corpus, models, render, "
+               "transcribe and midi use no model. 'melodyvae COMMAND --help' says more.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -280,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     _extract_parser(sub)
     _corpus_parser(sub)
     _train_parser(sub)
+    _train_phrase_parser(sub)
+    _adapt_parser(sub)
     _evaluate_parser(sub)
     _axes_parser(sub)
     _models_parser(sub)

@@ -24,7 +24,7 @@ import torch
 
 from melodyvae import decode
 from melodyvae.axes import LatentAxes
-from melodyvae.checkpoint import CheckpointError, load_checkpoint, read_info
+from melodyvae.checkpoint import CheckpointError, is_phrase_info, load_checkpoint, read_info
 from melodyvae.decode import Cancel, Rolling
 from melodyvae.errors import MelodyVAEError
 from melodyvae.melody import Melody, from_tokens, to_tokens
@@ -189,10 +189,17 @@ class MelodyVAE:
     @classmethod
     def load(cls, model: str | os.PathLike[str] = DEFAULT_MODEL,
              device: str = "auto") -> MelodyVAE:
+        """A shipped model by name or a checkpoint file; a phrase model file gives a
+        :class:`melodyvae.phrase_inference.PhraseMelodyVAE` (same interface)."""
         path = resolve_model(model)
         dev = pick_device(device)
-        ckpt = load_checkpoint(path, dev)
         name = str(model) if str(model) in shipped_models() else path.stem
+        if is_phrase_info(read_info(path)):
+            from melodyvae.phrase_inference import load_phrase_model
+
+            _LOGGER.info("loaded phrase model %s on %s", name, dev)
+            return load_phrase_model(path, name, dev)
+        ckpt = load_checkpoint(path, dev)
         _LOGGER.info("loaded %s (%s) on %s", name, ckpt.preset.name, dev)
         return cls(ckpt.model, ckpt.info, name, dev)
 

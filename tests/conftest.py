@@ -30,6 +30,28 @@ def make_checkpoint(path: Path, preset_name: str = "tiny-hier-4bar", seed: int =
     return path
 
 
+def make_phrase_checkpoint(path: Path, section_preset: str = "tiny-hier-4bar", seed: int = 0,
+                           w_dim: int = 8, extra: dict | None = None, forms: int = 0) -> Path:
+    """A phrase model of four sections over an untrained tiny section model."""
+    from melodyvae.checkpoint import save_phrase_checkpoint
+    from melodyvae.phrase import PhraseConfig, PhraseVAE
+
+    torch.manual_seed(seed)
+    preset = get_preset(section_preset)
+    section = VAE(preset.model)
+    with torch.no_grad():  # sharper logits, so that greedy decodes differ by z
+        for name, weight in section.named_parameters():
+            if name.startswith("decoder.") and weight.dim() == 2:
+                weight.mul_(8.0)
+    phrase = PhraseVAE(PhraseConfig(code_dim=preset.model.z_dim, w_dim=w_dim, hidden=16,
+                                    layers=1, forms=forms))
+    with torch.no_grad():
+        phrase.code_std.fill_(2.0)  # section codes spread enough to give varied notes
+    save_phrase_checkpoint(path, section, preset, phrase, "tiny-phrase",
+                           "tiny phrase model for tests", extra)
+    return path
+
+
 @pytest.fixture
 def tiny_checkpoint(tmp_path: Path) -> Path:
     """A tiny-hier-4bar checkpoint file in tmp_path."""

@@ -278,14 +278,19 @@ def test_the_help_says_which_commands_take_a_model_and_a_device(
     from melodyvae.cli import build_parser
 
     commands = list(build_parser()._subparsers._group_actions[0].choices)
-    with_model = [c for c in commands if "--model" in _help([c], capsys)]
+    phrase_level = ["train-phrase", "adapt"]  # CPU fits with a sentence of their own
+    with_model = [c for c in commands if "--model" in _help([c], capsys)
+                  and c not in phrase_level]
     with_device = [c for c in commands if "--device" in _help([c], capsys)]
+    assert "--section" in _help(["train-phrase"], capsys)
+    assert "--model" in _help(["adapt"], capsys)
     top = _help([], capsys)
     model_words = ", ".join(with_model[:-1]) + f" and {with_model[-1]}"
     assert f"{model_words} run a model: each takes --model NAME|FILE" in top, top
     others = [c for c in with_device if c not in with_model]
     assert others == ["train", "evaluate", "axes"]
     assert "train, evaluate and axes take --device too" in top, top
-    without = [c for c in commands if c not in with_device]
+    without = [c for c in commands if c not in with_device and c not in phrase_level]
+    assert "train-phrase and adapt fit a phrase level on the CPU" in top, top
     assert without == ["extract", "corpus", "models", "render", "transcribe", "midi"]
     assert "extract, corpus, models, render, transcribe and midi use no model" in top, top

@@ -124,12 +124,16 @@ def interpolation_check(vae: MelodyVAE, tokens: np.ndarray, pairs: int = 32, ste
             continue
         valid += 1
     distance = (decoded != decoded[:, :1, :]).mean(axis=2).mean(axis=0)  # (steps,)
+    from melodyvae.training.measures import sample_measures
+
+    degenerate = sample_measures(decoded.reshape(pairs * steps, -1), vae.steps_per_bar)
     return {
         "pairs": pairs,
         "steps": steps,
         "valid_fraction": valid / (pairs * steps),
         "mean_distance_to_first": [round(float(d), 4) for d in distance],
         "monotone": bool(np.all(np.diff(distance) >= -1e-9)),
+        "degenerate_steps": round(degenerate["degenerate_share"] * pairs * steps),
     }
 
 

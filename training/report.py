@@ -23,7 +23,7 @@ from melodyvae.inference import MelodyVAE
 from melodyvae.training import quality
 from melodyvae.training.axes import attribute_table
 from melodyvae.training.corpus import Corpus
-from melodyvae.training.evaluate import MUSIC_SAMPLES, evaluate_tokens, music_measures
+from melodyvae.training.evaluate import MUSIC_SAMPLES, evaluate_model, music_measures
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def build_report(vae: MelodyVAE, corpus: Corpus, out: Path, n_samples: int = 100
                               "data": vae.info.get("data"),
                               "commands": commands or {}}
     report["music"] = music_measures(vae, test, corpus.subset("train"), music_samples, seed=seed)
-    report["test"] = evaluate_tokens(vae.model, test)
+    report["test"] = evaluate_model(vae, test)
     _LOGGER.info("test metrics: %s", report["test"])
     samples = quality.prior_samples(vae, n_samples, 1.0, seed)
     report["feature_overlap"] = quality.feature_overlap(samples, test)
@@ -115,6 +115,16 @@ GOALS: tuple[tuple[str, tuple[str, ...], str, float], ...] = (
 )
 
 
+# The goals of a 16-bar model (the phrase level's): absolute ones, then relative to the data.
+GOALS_16: tuple[tuple[str, tuple[str, ...], str, float], ...] = (
+    ("note F1 of reconstructions", ("music", "reconstruction", "note_f1"), ">=", 0.60),
+    ("degenerate samples, T 0", ("music", "samples", "0.0", "degenerate_share"), "<=", 0.02),
+    ("degenerate samples, T 0.5", ("music", "samples", "0.5", "degenerate_share"), "<=", 0.02),
+    ("degenerate samples, T 1.0", ("music", "samples", "1.0", "degenerate_share"), "<=", 0.02),
+    ("key fit of samples, T 0.5", ("music", "samples", "0.5", "key_fit"), ">=", 0.97),
+)
+
+
 def _lookup(report: dict[str, Any], path: tuple[str, ...]) -> Any:
     node: Any = report
     for key in path:
@@ -127,7 +137,9 @@ def _lookup(report: dict[str, Any], path: tuple[str, ...]) -> Any:
 def goal_lines(report: dict[str, Any]) -> list[str]:
     """One line per goal: the figure, the bound, met or NOT MET."""
     lines = []
-    for label, path, op, bound in GOALS:
+    sixteen = (report.get("steps_per_phrase") or (report.get("test") or {}).get(
+        "steps_per_phrase")) == 256
+    for label, path, op, bound in GOALS_16 if sixteen else GOALS:
         value = _lookup(report, path)
         if value is None:
             continue
@@ -135,6 +147,8 @@ def goal_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"- {label}: {value:.3f} (goal {'≥' if op == '>=' else '≤'} {bound:g})"
                      f" — {'met' if met else '**not met**'}")
     music = report.get("music") or {}
+    if sixteen:
+        lines += _relative_goal_lines(report)
     model_fit = _lookup(report, ("music", "samples", "1.0", "key_fit"))
     markov_fit = (music.get("markov") or {}).get("key_fit")
     if model_fit is not None and markov_fit is not None:
@@ -147,6 +161,28 @@ def goal_lines(report: dict[str, Any]) -> list[str]:
         lines.append("- attribute sliders monotonic over ±2 (ρ ≥ 0.9): "
                      + ("met" if not low else "**not met** for "
                         + ", ".join(f"{_label(k)} (ρ {v:.2f})" for k, v in low.items())))
+    return lines
+
+
+def _relative_goal_lines(report: dict[str, Any]) -> list[str]:
+    """The 16-bar goals set against the held-out data: bar repeats at T 0.5 within 0.15 of
+    the data's, leaps larger than a fifth across bar lines within 3 points, and no
+    degenerate step in the interpolations."""
+    music = report["music"]
+    data, half = music["heldout"], music["samples"].get("0.5") or {}
+    lines = []
+    for label, key, within in (("bar repeats of samples, T 0.5", "bar_repeat_share", 0.15),
+                               ("leaps > 5th across bar lines, T 0.5",
+                                "leap_share_across_bars", 0.03)):
+        if data.get(key) is None or half.get(key) is None:
+            continue
+        met = abs(half[key] - data[key]) <= within
+        lines.append(f"- {label}: {half[key]:.3f} against the data's {data[key]:.3f} (goal "
+                     f"within {within:g}) — {'met' if met else '**not met**'}")
+    steps = (report.get("interpolation") or {}).get("degenerate_steps")
+    if steps is not None:
+        lines.append(f"- degenerate interpolation steps: {steps} (goal 0) — "
+                     + ("met" if steps == 0 else "**not met**"))
     return lines
 
 
@@ -203,7 +239,9 @@ def markdown(report: dict[str, Any]) -> str:
         lines += music_markdown(report)
     goals = goal_lines(report)
     if goals:
-        lines += ["Goals (those set for the shipped hier-4bar):", *goals, ""]
+        sixteen = test.get("steps_per_phrase") == 256
+        lines += [("Goals (those set for a 16-bar model):" if sixteen
+                   else "Goals (those set for the shipped hier-4bar):"), *goals, ""]
     lines += [
         f"**{report['model']}**, held-out test split ({test['n_phrases']:,} phrases):",
         "",
@@ -223,8 +261,10 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [f"Interpolation ({interp['pairs']} pairs, {interp['steps']} steps): valid "
                   f"{interp['valid_fraction']:.0%}; distance to the first endpoint "
                   + ", ".join(f"{d:.2f}" for d in interp["mean_distance_to_first"])
-                  + (" (growing step by step)." if interp["monotone"] else
-                     " (not growing at every step)."), ""]
+                  + (" (growing step by step)" if interp["monotone"] else
+                     " (not growing at every step)")
+                  + (f"; {interp['degenerate_steps']} degenerate steps."
+                     if "degenerate_steps" in interp else "."), ""]
     attributes = report.get("attributes")
     if attributes:
         names = attributes["names"]
