@@ -143,11 +143,21 @@ class PhraseMelodyVAE(MelodyVAE):
         dimension), the other sections unchanged: (n, sections, code_dim)."""
         index = self._section_index(index)
         codes = np.repeat(self.codes(w), n, axis=0)  # (n, sections, code_dim)
+        return self.vary_codes(codes, index, amount, seed)
+
+    def vary_codes(self, codes: np.ndarray, index: int, amount: float,
+                   seed: int) -> np.ndarray:
+        """Section codes (B, sections, code_dim) or (sections, code_dim) with section
+        ``index`` of each moved by ``amount`` x N(0, I) noise in code spreads (as
+        :meth:`vary_section`), the others unchanged; a new array of the same shape."""
+        index = self._section_index(index)
+        single = np.asarray(codes).ndim == 2
+        out = self._check_codes(codes).copy()  # (B, sections, code_dim)
         rng = np.random.default_rng(seed)
         spread = self.phrase.code_std.float().cpu().numpy()
-        codes[:, index] += (amount * rng.standard_normal((n, self.code_dim)) * spread
-                            ).astype(np.float32)
-        return codes
+        out[:, index] += (amount * rng.standard_normal((len(out), self.code_dim)) * spread
+                          ).astype(np.float32)
+        return out[0] if single else out
 
     # ---------------------------------------------------------------- tokens layer
     @torch.no_grad()

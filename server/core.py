@@ -57,7 +57,7 @@ from melodyvae.server.protocol import (
     error_message,
     parse_packet,
 )
-from melodyvae.server.state import Addr, AxesError, BoundedMap, ClientState
+from melodyvae.server.state import Addr, AxesError, BoundedMap, ClientState, SectionEdit
 
 if TYPE_CHECKING:
     from melodyvae.inference import MelodyVAE
@@ -140,6 +140,7 @@ class ServerCore:
                 ("encode", self._encode), ("encode/file", self._encode_file),
                 ("tempo", self._tempo), ("lookahead", self._lookahead),
                 ("play", self._play), ("stop", self._stop),
+                ("section/vary", self._section_vary), ("section/encode", self._section_encode),
             )
         }
         self.handlers.update(self.live.handlers())  # /mvae/listen, /mvae/in/..., /mvae/answer
@@ -341,16 +342,29 @@ class ServerCore:
         self.error(client.key, address, reason)
 
     def _file_read(self, job: FileJob, melody: Melody) -> None:
-        self.engine.submit_encode(EncodeJob(job.client, job.address, melody))
+        if job.section is None:
+            self.engine.submit_encode(EncodeJob(job.client, job.address, melody))
+            return
+        try:
+            with self.lock:
+                job.client.edit_section(SectionEdit(job.section, melody=melody))
+                self._decode(job.client, job.address, sections=True)
+        except MelodyVAEError as e:
+            self.failed(job.client, job.address, str(e))
 
     # ------------------------------------------------------------ helpers
     def _decode(self, client: ClientState, address: str, temperature: float | None = None,
-                seed: int | None = None, vary: tuple[float, int] | None = None) -> None:
+                seed: int | None = None, vary: tuple[float, int] | None = None,
+                sections: bool = False) -> None:
+        """Ask for a melody: of the client's section codes with ``sections``, else of its
+        z (and then any section codes are dropped: the message set or moved z)."""
+        if not sections:
+            client.drop_sections()
         self.engine.submit_decode(DecodeJob(
             client, address,
             client.temperature if temperature is None else temperature,
             client.seed if seed is None else seed,
-            vary=vary, newcomer=self.clients.newcomer(client.key),
+            vary=vary, newcomer=self.clients.newcomer(client.key), sections=sections,
         ))
 
     def _fresh_seed(self) -> int:
@@ -547,11 +561,34 @@ class ServerCore:
             return
         self.player.play(client.key, client.qpm, client.lookahead, client.melody)
         if client.melody is None:
-            self._decode(client, args.message.address)
+            self._decode(client, args.message.address,
+                         sections=client.codes is not None or bool(client.section_edits))
 
     def _stop(self, client: ClientState, args: Args) -> None:
         args.count(0)
         self.player.stop(client.key)
+
+    def _section_index(self, args: Args) -> int:
+        """Argument 0 as a section index of a phrase model (refused on any other)."""
+        sections = getattr(self.vae, "sections", None)
+        if not isinstance(sections, int) or not hasattr(self.vae, "decode_codes"):
+            raise args.error(f"model {self.vae.name} is not a phrase model; section "
+                             f"messages need one (e.g. phrase-16bar)")
+        return args.integer(0, "section", 0, sections - 1)
+
+    def _section_vary(self, client: ClientState, args: Args) -> None:
+        n = args.count(2, 3)
+        index = self._section_index(args)
+        amount = args.number(1, "amount", 0.0, MAX_VARY)
+        seed = args.integer(2, "seed", 0, MAX_SEED) if n > 2 else self._fresh_seed()
+        client.edit_section(SectionEdit(index, amount, seed))
+        self._decode(client, args.message.address, sections=True)
+
+    def _section_encode(self, client: ClientState, args: Args) -> None:
+        args.count(2)
+        index = self._section_index(args)
+        path = allowed_path(self.config.allow_dir, args.string(1, "path", MAX_PATH))
+        self.files.submit(FileJob(client, args.message.address, path, section=index))
 
     def _reply(self, sender: Addr, args: Args) -> None:
         args.count(1)

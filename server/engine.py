@@ -30,7 +30,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, cast
 
 import numpy as np
 import torch
@@ -44,6 +44,7 @@ from melodyvae.server.worker import Worker
 
 if TYPE_CHECKING:
     from melodyvae.inference import MelodyVAE
+    from melodyvae.phrase_inference import PhraseMelodyVAE
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class DecodeJob:
     received: float = field(default_factory=time.perf_counter)
     protected: bool = False  # finish it even once the client has asked for something newer
     newcomer: bool = False  # from a new client while new clients crowd the table
+    sections: bool = False  # decode the client's section codes (phrase models), not z
 
     def latent(self) -> np.ndarray:
         """The vector to decode, read when the worker gets to it (after pending encodes)."""
@@ -295,6 +297,10 @@ class Engine(Worker):
                 _LOGGER.exception("a model task failed")
         if encodes:
             self._encode(encodes)
+        coded = [job for job in decodes if job.sections]
+        if coded:
+            decodes = [job for job in decodes if not job.sections]
+            self._decode_sections(coded)
         if decodes and self.rolling is not None:
             self._admit(decodes)
         elif decodes:
@@ -420,6 +426,57 @@ class Engine(Worker):
                     if job.client.unanswered_since is None:
                         job.client.unanswered_since = now
                 continue
+            except Exception as e:
+                self._fail(batch, e)
+                continue
+            for job in batch:
+                job.client.unanswered_since = None
+            self.stats.batches += 1
+            self.stats.decoded += len(batch)
+            self.stats.max_batch = max(self.stats.max_batch, len(batch))
+            for job, melody in zip(batch, melodies, strict=True):
+                self.sink.melody_ready(job, melody)
+
+    def _section_codes(self, client: ClientState) -> np.ndarray:
+        """The client's section codes with its waiting edits applied, kept as its own
+        (state lock held): (sections, code_dim)."""
+        vae = cast("PhraseMelodyVAE", self.vae)  # the core sends section jobs for these only
+        codes = client.codes if client.codes is not None else vae.codes(client.z)[0]
+        for edit in client.section_edits:
+            if edit.melody is not None:
+                codes = codes.copy()
+                codes[edit.index] = vae.section.encode(edit.melody)
+            else:
+                codes = vae.vary_codes(codes, edit.index, edit.amount, edit.seed)
+        client.codes, client.section_edits = codes, []
+        return codes
+
+    def _decode_sections(self, jobs: list[DecodeJob]) -> None:
+        """Decode the section codes of phrase-model clients, one batch per (temperature,
+        seed) group; a client's z decodes still running are stale now."""
+        if self.rolling is not None:
+            for job in jobs:
+                for old in list(self.flying.get(job.client.key, [])):
+                    self._leave(old)
+                    self.stats.cancelled += 1
+        groups: dict[tuple[float, int], list[tuple[DecodeJob, np.ndarray]]] = {}
+        for job in jobs:
+            key = (job.temperature, job.seed) if job.temperature > 0 else (0.0, 0)
+            try:
+                with self.state_lock:
+                    codes = self._section_codes(job.client)
+            except Exception as e:
+                self._fail([job], e)
+                continue
+            groups.setdefault(key, []).append((job, codes))
+        for (temperature, seed), items in groups.items():
+            batch = [job for job, _ in items]
+            try:
+                codes = np.stack([c for _, c in items])  # (B, sections, code_dim)
+                tokens = cast("PhraseMelodyVAE", self.vae).decode_codes(
+                    codes, temperature, seed).cpu().numpy()  # (B, T)
+                melodies = [self.vae.melody_from_tokens(row, job.client.qpm)
+                            for job, row in zip(batch, tokens, strict=True)]
             except Exception as e:
                 self._fail(batch, e)
                 continue

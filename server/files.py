@@ -66,6 +66,7 @@ class FileJob:
     client: ClientState
     address: str
     path: Path
+    section: int | None = None  # a phrase model's section the melody sets; None: encode
 
 
 class FileLoader(Worker):

@@ -32,8 +32,22 @@ DEFAULT_QPM = 120.0  # tempo of a new client, quarter notes per minute
 DEFAULT_LOOKAHEAD = 0.1  # seconds between sending a timetagged note and its time
 
 
+MAX_SECTION_EDITS = 64  # section edits one client may have waiting for the worker
+
+
 class SlotError(MelodyVAEError):
     """A slot that was never stored (or was evicted)."""
+
+
+@dataclass(frozen=True)
+class SectionEdit:
+    """One change to a section of a phrase: its code varied by ``amount`` x N(0, I) drawn
+    with ``seed``, or, with ``melody``, set to that melody's section code."""
+
+    index: int  # which section, from 0
+    amount: float = 0.0  # vary: in the section model's code spreads
+    seed: int = 0
+    melody: Melody | None = None  # set: a melody whose first section is encoded
 
 
 @dataclass
@@ -54,6 +68,11 @@ class ClientState:
     melody: Melody | None = None  # the last melody sent (what /mvae/play loops)
     unanswered_since: float | None = None  # when the model first stopped one of this
     # client's decodes as stale since its last melody (engine clock); None: not waiting
+    # Phrase models: the section codes decoded instead of z once a section was set or
+    # varied, (sections, code_dim); None: z is decoded. Edits not yet applied wait in
+    # section_edits (the worker applies them in order); setting z drops both.
+    codes: np.ndarray | None = None
+    section_edits: list[SectionEdit] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.pcs = np.zeros(len(self.axes.dirs))
@@ -64,8 +83,21 @@ class ClientState:
         """The client's latent vector, (Z,) float64."""
         return self.axes.compose(self.pcs, self.amounts) + self.residual
 
+    def drop_sections(self) -> None:
+        """Back to decoding z: the section codes and their waiting edits are dropped."""
+        self.codes = None
+        self.section_edits = []
+
+    def edit_section(self, edit: SectionEdit) -> None:
+        if len(self.section_edits) >= MAX_SECTION_EDITS:
+            raise MelodyVAEError(f"{MAX_SECTION_EDITS} section edits are waiting already; "
+                                 f"wait for a melody")
+        self.section_edits.append(edit)
+
     def set_z(self, z: np.ndarray) -> None:
-        """Take a whole vector: coordinates become its projections, amounts 0."""
+        """Take a whole vector: coordinates become its projections, amounts 0; section
+        codes are dropped."""
+        self.drop_sections()
         z = np.asarray(z, np.float64)
         self.pcs = self.axes.project(z)
         self.amounts = {}
