@@ -429,13 +429,17 @@ class Engine(Worker):
             except Exception as e:
                 self._fail(batch, e)
                 continue
-            for job in batch:
-                job.client.unanswered_since = None
-            self.stats.batches += 1
-            self.stats.decoded += len(batch)
-            self.stats.max_batch = max(self.stats.max_batch, len(batch))
-            for job, melody in zip(batch, melodies, strict=True):
-                self.sink.melody_ready(job, melody)
+            self._deliver(batch, melodies)
+
+    def _deliver(self, batch: list[DecodeJob], melodies: list[Melody]) -> None:
+        """Count a decoded batch and hand its melodies to the sink."""
+        for job in batch:
+            job.client.unanswered_since = None
+        self.stats.batches += 1
+        self.stats.decoded += len(batch)
+        self.stats.max_batch = max(self.stats.max_batch, len(batch))
+        for job, melody in zip(batch, melodies, strict=True):
+            self.sink.melody_ready(job, melody)
 
     def _section_codes(self, client: ClientState) -> np.ndarray:
         """The client's section codes with its waiting edits applied, kept as its own
@@ -480,13 +484,7 @@ class Engine(Worker):
             except Exception as e:
                 self._fail(batch, e)
                 continue
-            for job in batch:
-                job.client.unanswered_since = None
-            self.stats.batches += 1
-            self.stats.decoded += len(batch)
-            self.stats.max_batch = max(self.stats.max_batch, len(batch))
-            for job, melody in zip(batch, melodies, strict=True):
-                self.sink.melody_ready(job, melody)
+            self._deliver(batch, melodies)
 
     def _fail(self, jobs: list[DecodeJob] | list[EncodeJob], error: Exception) -> None:
         if isinstance(error, MelodyVAEError):
