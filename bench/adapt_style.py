@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from phrase_measures import measures_module  # bench/phrase_measures.py
 
 COLLECTIONS = ("oneills1850", "essenFolksong")
 
@@ -46,6 +45,7 @@ def main() -> None:
     corpus = Corpus.load(args.corpus)
     names = corpus.meta["tunes"]
     test = corpus.split == 2
+    from melodyvae.training import measures
     from melodyvae.training.phrase import folder_phrases
 
     references, models = {}, {"base": args.model}
@@ -77,7 +77,6 @@ def main() -> None:
         z = vae.sample_z(args.samples, seed=1)
         samples = np.concatenate(list(vae.decode_batches(z, args.temperature, 1)))
         report[label] = {c: feature_overlap(samples, ref) for c, ref in references.items()}
-        measures = measures_module()
         report[label]["degenerate_share"] = measures.sample_measures(samples)["degenerate_share"]
         for c, ref in report[label].items():
             if isinstance(ref, dict):

@@ -4,35 +4,17 @@ reconstructions on the folk test split, and measures of prior samples at T 0, 0.
     python bench/phrase_measures.py CORPUS.npz MODEL [MODEL ...] [--json OUT]
 
 Measures come from ``melodyvae.training.measures`` (``sample_measures``,
-``reconstruction_measures``); set MELODYVAE_MEASURES=/path/to/measures.py to take them from
-a file instead.
+``reconstruction_measures``).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import os
 import time
-from types import ModuleType
 
 import numpy as np
 import torch
-
-
-def measures_module() -> ModuleType:
-    path = os.environ.get("MELODYVAE_MEASURES")
-    if not path:
-        import melodyvae.training.measures as module  # type: ignore[import-not-found]
-
-        return module  # type: ignore[no-any-return]
-    spec = importlib.util.spec_from_file_location("measures", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 KEYS = ("degenerate_share", "key_fit", "bar_repeat_share", "leap_share_across_bars",
         "pitch_range")
@@ -47,8 +29,8 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    measures = measures_module()
     from melodyvae.inference import MelodyVAE
+    from melodyvae.training import measures
     from melodyvae.training.corpus import Corpus
 
     test = Corpus.load(args.corpus).subset("test")

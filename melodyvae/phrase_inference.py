@@ -240,9 +240,9 @@ class PhraseRolling:
         parts = []
         for (key, _, temperature, generator), phrase_codes in zip(phrases, codes, strict=True):
             self.drop(key)
-            seeds = (torch.randint(0, 2**62, (1,), generator=generator).tolist()
-                     if temperature > 0 else [None])
-            seeds = seeds[:1] * n  # one set of draws for every section of a phrase
+            # one seed for every section of a phrase: they share their draws
+            seed = (int(torch.randint(0, 2**62, (1,), generator=generator))
+                    if temperature > 0 else None)
             keys = []
             for s in range(n):
                 sub = self._next
@@ -250,7 +250,7 @@ class PhraseRolling:
                 self._parts[sub] = (key, s)
                 keys.append(sub)
                 parts.append((sub, phrase_codes[s], temperature,
-                              self.vae.section.generator(temperature, seeds[s])))
+                              self.vae.section.generator(temperature, seed)))
             self._sections[key] = keys
             self._done[key] = {}
         self.inner.add(parts)
