@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,43 @@ TEMPERATURES = (0.0, 0.5, 1.0)  # prior samples are measured at each of these
 MUSIC_SAMPLES = 1000  # prior samples per temperature, and Markov-chain samples
 
 
+# one evaluated batch: targets and their teacher-forced logits (same leading shape), the
+# posterior's mean and log-variance, and how many greedy-decoded steps hit (None: not decoded)
+_Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int | None]
+
+
+def _summary(batches: Iterator[_Batch], n: int, t: int) -> dict[str, Any]:
+    """The metrics of :func:`evaluate_tokens` from evaluated batches of ``n`` phrases of ``t``
+    steps."""
+    tf_correct = 0
+    sampled_correct: int | None = 0
+    nll_total = kl_total = 0.0
+    mus = []
+    for x, logits, mu, logvar, hits in batches:
+        tf_correct += int((logits.argmax(-1) == x).sum())
+        nll_total += float(reconstruction_nll(logits, x).sum())
+        kl_total += float(kl_divergence(mu, logvar).sum())
+        if hits is None or sampled_correct is None:
+            sampled_correct = None
+        else:
+            sampled_correct += hits
+        mus.append(mu.float().cpu())
+    mu_all = torch.cat(mus)
+    variance = mu_all.var(dim=0, unbiased=False) if n > 1 else torch.zeros(mu_all.shape[1])
+    steps = n * t
+    out: dict[str, Any] = {
+        "n_phrases": n,
+        "steps_per_phrase": t,
+        "teacher_forced_accuracy": tf_correct / steps,
+        "nll_bits_per_step": nll_total / steps / math.log(2.0),
+        "kl_nats": kl_total / n,
+        "active_units": int((variance > ACTIVE_UNIT_VARIANCE).sum()),
+    }
+    if sampled_correct is not None:
+        out["sampled_accuracy"] = sampled_correct / steps
+    return out
+
+
 @torch.no_grad()
 def evaluate_tokens(model: VAE, tokens: np.ndarray | torch.Tensor, batch_size: int = 256,
                     sampled: bool = True) -> dict[str, Any]:
@@ -51,34 +89,15 @@ def evaluate_tokens(model: VAE, tokens: np.ndarray | torch.Tensor, batch_size: i
     data = torch.as_tensor(np.asarray(tokens), dtype=torch.long)
     if data.ndim != 2 or data.shape[0] == 0:
         raise NoPhrasesError("no phrases to evaluate")
-    n, t = data.shape
-    tf_correct = sampled_correct = 0
-    nll_total = kl_total = 0.0
-    mus = []
-    for i in range(0, n, batch_size):
-        x = data[i : i + batch_size].to(device)
-        mu, logvar = model.encode(x)
-        logits = model.decoder(mu, x)
-        tf_correct += int((logits.argmax(-1) == x).sum())
-        nll_total += float(reconstruction_nll(logits, x).sum())
-        kl_total += float(kl_divergence(mu, logvar).sum())
-        if sampled:
-            sampled_correct += int((decode.sample(model, mu) == x).sum())
-        mus.append(mu.float().cpu())
-    mu_all = torch.cat(mus)
-    variance = mu_all.var(dim=0, unbiased=False) if n > 1 else torch.zeros(mu_all.shape[1])
-    steps = n * t
-    out: dict[str, Any] = {
-        "n_phrases": n,
-        "steps_per_phrase": t,
-        "teacher_forced_accuracy": tf_correct / steps,
-        "nll_bits_per_step": nll_total / steps / math.log(2.0),
-        "kl_nats": kl_total / n,
-        "active_units": int((variance > ACTIVE_UNIT_VARIANCE).sum()),
-    }
-    if sampled:
-        out["sampled_accuracy"] = sampled_correct / steps
-    return out
+
+    def batches() -> Iterator[_Batch]:
+        for i in range(0, len(data), batch_size):
+            x = data[i : i + batch_size].to(device)
+            mu, logvar = model.encode(x)
+            hits = int((decode.sample(model, mu) == x).sum()) if sampled else None
+            yield x, model.decoder(mu, x), mu, logvar, hits
+
+    return _summary(batches(), *data.shape)
 
 
 @torch.no_grad()
@@ -96,33 +115,18 @@ def evaluate_model(vae: MelodyVAE, tokens: np.ndarray, batch_size: int = 256
     if data.ndim != 2 or data.shape[0] == 0:
         raise NoPhrasesError("no phrases to evaluate")
     section = vae.section.model.eval()
-    n, t = data.shape
-    tf_correct = sampled_correct = 0
-    nll_total = kl_total = 0.0
-    mus = []
-    for i in range(0, n, batch_size):
-        chunk = data[i : i + batch_size]
-        mu, logvar = vae.encode_tokens(chunk)
-        codes = vae.phrase.decode_latent(mu).reshape(-1, vae.code_dim)  # (b * sections, Z)
-        x = torch.as_tensor(chunk.reshape(-1, vae.section.steps), dtype=torch.long,
-                            device=vae.device)
-        logits = section.decoder(codes, x)
-        tf_correct += int((logits.argmax(-1) == x).sum())
-        nll_total += float(reconstruction_nll(logits, x).sum())
-        kl_total += float(kl_divergence(mu, logvar).sum())
-        sampled_correct += int((vae.decode_tokens(mu, 0.0).cpu().numpy() == chunk).sum())
-        mus.append(mu.float().cpu())
-    mu_all = torch.cat(mus)
-    variance = mu_all.var(dim=0, unbiased=False) if n > 1 else torch.zeros(mu_all.shape[1])
-    return {
-        "n_phrases": n,
-        "steps_per_phrase": t,
-        "teacher_forced_accuracy": tf_correct / (n * t),
-        "nll_bits_per_step": nll_total / (n * t) / math.log(2.0),
-        "kl_nats": kl_total / n,
-        "active_units": int((variance > ACTIVE_UNIT_VARIANCE).sum()),
-        "sampled_accuracy": sampled_correct / (n * t),
-    }
+
+    def batches() -> Iterator[_Batch]:
+        for i in range(0, len(data), batch_size):
+            chunk = data[i : i + batch_size]
+            mu, logvar = vae.encode_tokens(chunk)
+            codes = vae.phrase.decode_latent(mu).reshape(-1, vae.code_dim)  # (b * sections, Z)
+            x = torch.as_tensor(chunk.reshape(-1, vae.section.steps), dtype=torch.long,
+                                device=vae.device)
+            hits = int((vae.decode_tokens(mu, 0.0).cpu().numpy() == chunk).sum())
+            yield x, section.decoder(codes, x), mu, logvar, hits
+
+    return _summary(batches(), *data.shape)
 
 
 def phrases_from_midi_folder(folder: str | os.PathLike[str], bars: int) -> np.ndarray:
